@@ -63,6 +63,9 @@ FWHM_RANGE = (0.3, 4.0)
 #: Sample format of the bank file (attribute ``galnet_bank_format``).
 FORMAT_VERSION = 1
 
+#: Input PSFs whose negative pixels sum to more than this fraction of their flux are clipped at 0.
+NEGATIVE_FLUX_MAX = 0.01
+
 _PSF_FAMILIES = ("hsc", "des_psfex", "decam_psfex", "sdss_psfield", "profit_kids", "profit_sdss")
 
 
@@ -594,7 +597,13 @@ def _finish_psf(inp: _PSFInput, scale_out: float) -> dict[str, Any] | None:
     """Resample one input PSF; None if it is not usable (non-finite, FWHM not sane, off-centre)."""
     if not np.all(np.isfinite(inp.image)) or not inp.image.sum() > 0:
         return None
-    img, flux = resample_psf(inp.image, inp.sample_scale, scale_out, PSF_SIZE, inp.pixel_scale)
+    image = inp.image
+    # Stacked-star PSFs with over-subtracted backgrounds (the ProFit KiDS PSFs: negative pixels
+    # worth 11-25 % of the flux) would print dark holes around bright simulated galaxies: clip
+    # negative pixels when they hold more than NEGATIVE_FLUX_MAX of the flux.
+    if -image[image < 0].sum() > NEGATIVE_FLUX_MAX * image.sum():
+        image = np.clip(image, 0.0, None)
+    img, flux = resample_psf(image, inp.sample_scale, scale_out, PSF_SIZE, inp.pixel_scale)
     if not np.all(np.isfinite(img)):
         return None
     c = PSF_SIZE // 2

@@ -45,11 +45,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
 import torch
+from scipy import special
 
 from galnet.errors import GalnetPSFError, GalnetValueError
 from galnet.render_imfit import imfit_T
@@ -64,8 +65,10 @@ class RenderConfig:
 
     Attributes
     ----------
-    window : half-size (pixels) of the window around the centre where ``T`` is integrated on the
-        fine grid rather than sampled. [default: 4]
+    window : smallest half-size (pixels) of the window around the centre where ``T`` is integrated
+        on the fine grid rather than sampled. [default: 4]
+    windows : larger half-sizes available to thin or extended profiles, chosen per stamp by
+        :func:`window_sizes`. Empty: always ``window``. [default: (6, 9, 13, 18)]
     h_core : side (pixels) of the central cells, integrated exactly. [default: 1/16]
     growth : ratio of the sizes of successive cells away from the centre. [default: 1.5]
     h_max : largest cell side (pixels). [default: 1/4]
@@ -74,6 +77,7 @@ class RenderConfig:
     """
 
     window: int = 4
+    windows: tuple[int, ...] = (6, 9, 13, 18)
     h_core: float = 1.0 / 16.0
     growth: float = 1.5
     h_max: float = 0.25
@@ -177,6 +181,29 @@ def _core_cells_from_edges(e: torch.Tensor, core: int) -> torch.Tensor:
     return (
         eh[:, :-1, :] + ev[:, 1:, :].transpose(1, 2) - eh[:, 1:, :] - ev[:, :-1, :].transpose(1, 2)
     )
+
+
+def window_sizes(re, n, q, config: RenderConfig = DEFAULT_CONFIG) -> np.ndarray:
+    """Half-size of the integration window each profile needs (pixels).
+
+    Beyond the window ``T`` is the profile sampled at pixel centres, which is accurate only where
+    the profile is smooth on the pixel scale. Along the major axis at distance ``a`` the profile's
+    cross-section is a Gaussian of width ``sigma_b = q a sqrt(n / (b_n (a/r_e)^(1/n)))``; thin
+    galaxies need the window to extend until ``sigma_b >= 0.8`` px, unless the light beyond the
+    ellipse ``rho = window`` is below 1e-4 of the total.
+    """
+    re, n, q = (np.asarray(v, float) for v in (re, n, q))
+    sizes = (config.window, *sorted(w for w in config.windows if w > config.window))
+    bn = special.gammaincinv(2 * n, 0.5)
+    out = np.full(re.shape, sizes[-1], dtype=int)
+    done = np.zeros(re.shape, bool)
+    for R in sizes:
+        u = bn * (R / re) ** (1 / n)
+        sigma_b = q * R * np.sqrt(n / u)
+        ok = ~done & ((sigma_b >= 0.8) | (special.gammaincc(2 * n, u) < 1e-4))
+        out[ok] = R
+        done |= ok
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,30 +460,45 @@ def render(
     _check_values(t)
 
     psf_t = None if psf is None else _check_psf(psf, N, tdtype, tdevice)
-    out = []
-    for s in range(0, N, config.chunk):
-        sl = slice(s, s + config.chunk)
-        pf = None
-        if psf_t is not None:
-            p = psf_t if psf_t.shape[0] == 1 else psf_t[sl]
-            pf = psf_transform(p, shape)
-        out.append(
-            render_tensors(
-                t["x"][sl],
-                t["y"][sl],
-                t["flux"][sl],
-                t["re_pix"][sl],
-                t["n"][sl],
-                t["q"][sl],
-                torch.deg2rad(t["pa_deg"][sl]),
-                pf,
-                (1, 1) if psf_t is None else tuple(psf_t.shape[-2:]),
-                shape,
-                mode,
-                config,
+    psf_shape = (1, 1) if psf_t is None else tuple(psf_t.shape[-2:])
+    shared = psf_t is not None and psf_t.shape[0] == 1
+    pf_shared = psf_transform(psf_t, shape) if shared else None
+    # profiles are grouped by the integration window they need (thin galaxies need larger ones)
+    R = window_sizes(*(t[k].detach().cpu().numpy() for k in ("re_pix", "n", "q")), config)
+    if mode == "imfit":
+        R[:] = config.window  # Imfit's scheme does not use the window
+    parts, order = [], []
+    for r in np.unique(R):
+        idx_all = np.flatnonzero(R == r)
+        cfg = replace(config, window=int(r))
+        for s in range(0, len(idx_all), config.chunk):
+            idx = torch.as_tensor(idx_all[s : s + config.chunk], device=tdevice)
+            pf = pf_shared
+            if psf_t is not None and not shared:
+                pf = psf_transform(psf_t[idx], shape)
+            sub = {k: v[idx] for k, v in t.items()}
+            parts.append(
+                render_tensors(
+                    sub["x"],
+                    sub["y"],
+                    sub["flux"],
+                    sub["re_pix"],
+                    sub["n"],
+                    sub["q"],
+                    torch.deg2rad(sub["pa_deg"]),
+                    pf,
+                    psf_shape,
+                    shape,
+                    mode,
+                    cfg,
+                )
             )
-        )
-    img = torch.cat(out) if len(out) > 1 else out[0]
+            order.append(idx)
+    img = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if len(parts) > 1 or not bool((order[0] == torch.arange(N, device=tdevice)).all()):
+        inv = torch.empty(N, dtype=torch.long, device=tdevice)
+        inv[torch.cat(order)] = torch.arange(N, device=tdevice)
+        img = img[inv]
     if as_tensor:
         return img
     return img.detach().cpu().numpy()

@@ -161,43 +161,28 @@ def _log_flux_over_ie(re, n, q, bn):
     return np.log(2 * np.pi * q * re**2 * n) + bn - 2 * n * np.log(bn) + special.gammaln(2 * n)
 
 
+def _arrays(*xs):
+    """Tensors (same dtype/device) if any argument is a tensor, else float numpy arrays."""
+    return _as_tensors(*xs) if _any_tensor(*xs) else tuple(np.asarray(x, float) for x in xs)
+
+
+def _exp(x):
+    return torch.exp(x) if isinstance(x, torch.Tensor) else np.exp(x)
+
+
 def sersic_ie(flux, re, n, q):
     """Intensity at the half-light radius ``I_e`` (flux per pixel) of a profile of total ``flux``.
 
     ``re`` is the semi-major half-light radius in pixels; uses the exact ``b_n``.
     """
-    flux, re, n, q = (
-        _as_tensors(flux, re, n, q)
-        if _any_tensor(flux, re, n, q)
-        else (
-            np.asarray(flux, float),
-            np.asarray(re, float),
-            np.asarray(n, float),
-            np.asarray(q, float),
-        )
-    )
-    bn = sersic_bn(n)
-    if isinstance(n, torch.Tensor):
-        return flux * torch.exp(-_log_flux_over_ie(re, n, q, bn))
-    return flux * np.exp(-_log_flux_over_ie(re, n, q, bn))
+    flux, re, n, q = _arrays(flux, re, n, q)
+    return flux * _exp(-_log_flux_over_ie(re, n, q, sersic_bn(n)))
 
 
 def sersic_total_flux(ie, re, n, q):
     """Total flux (integrated to infinity) of a profile with intensity ``ie`` at ``re`` (pixels)."""
-    ie, re, n, q = (
-        _as_tensors(ie, re, n, q)
-        if _any_tensor(ie, re, n, q)
-        else (
-            np.asarray(ie, float),
-            np.asarray(re, float),
-            np.asarray(n, float),
-            np.asarray(q, float),
-        )
-    )
-    bn = sersic_bn(n)
-    if isinstance(n, torch.Tensor):
-        return ie * torch.exp(_log_flux_over_ie(re, n, q, bn))
-    return ie * np.exp(_log_flux_over_ie(re, n, q, bn))
+    ie, re, n, q = _arrays(ie, re, n, q)
+    return ie * _exp(_log_flux_over_ie(re, n, q, sersic_bn(n)))
 
 
 def enclosed_fraction(rho_over_re, n, bn=None):

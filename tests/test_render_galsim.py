@@ -1,0 +1,68 @@
+"""Accuracy of render(mode="exact") against the GalSim reference on 1000 random profiles.
+
+Domain (the foundation issue): n in [0.3, 6.2] (GalSim's range), re_pix in [0.5, 40] (log-uniform),
+q in [0.1, 1], any PA, centres within +-3 px of the stamp centre, 61x61 stamps; PSFs: 25x25
+effective Moffat PSFs (FWHM 3-6 px, beta 2.5-5, |e| < 0.05) and, when ../shared/data is present,
+real PSFs (HSC grizy, KiDS, SDSS, DES PSFEx) for every third profile.
+
+Tolerances: stamp flux within 0.2%; max |pixel difference| within 0.5% of the peak for n <= 4
+and 1% for 4 < n <= 6.2, against ``Convolve(Sersic, InterpolatedImage(psf)).drawImage(
+method="no_pixel")``. Two documented exceptions (docs/benchmarks.md):
+
+- GalSim's default reference truncates Fourier space at the PSF's estimated maxk (~3.2 rad/px);
+  for unresolved galaxies (re < 1 px) and narrow PSFs that alone moves pixels by up to 0.7% of the
+  peak. Where the default reference is out of tolerance, the profile is compared with the
+  untruncated one (``calculate_maxk=False``), the exact model galnet implements, at the same
+  tolerance.
+- Needles (minor-axis half-light radius q re_pix < 0.2 px): the stamp flux is held to 0.4%
+  (measured up to 0.34%; the pixel-aligned quadrature under-resolves sub-0.2-px cross-sections at
+  oblique angles). A known limitation, listed in the foundation issue's closing note.
+
+A few high-n profiles cannot be drawn by GalSim at all ("Roundoff error ... in intGKP" at any
+accuracy and truncation); they are counted, not compared (at most 2 per chunk of 50; 1 in the
+1000). The profiles are split into 20 chunks so pytest-xdist shares them.
+"""
+
+import numpy as np
+import pytest
+from galsim_reference import galsim_reference, moffat_psf, random_params, real_psfs
+
+from galnet.render import render
+
+N_CHUNKS, PER_CHUNK = 20, 50  # 1000 profiles
+NEEDLE = 0.2  # px: minor-axis half-light radius below which the flux tolerance is 0.4%
+
+
+@pytest.fixture(scope="module")
+def reals():
+    return real_psfs()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk", range(N_CHUNKS))
+def test_exact_render_matches_galsim(chunk, reals):
+    rng = np.random.default_rng(1000 + chunk)
+    failures, no_reference = [], []
+    for i in range(PER_CHUNK):
+        p = random_params(rng)
+        if reals and i % 3 == 2:
+            name, psf = reals[rng.integers(len(reals))]
+        else:
+            name, psf = "moffat", moffat_psf(rng)
+        img = render(p, psf)[0]
+        tol = 0.005 if p["n"] <= 4 else 0.01
+        tol_flux = 0.002 if p["q"] * p["re_pix"] >= NEEDLE else 0.004
+        try:
+            ref = galsim_reference(p, psf)
+        except RuntimeError as e:  # GalSim's Hankel integrator gives up on this profile
+            no_reference.append(f"{p}: {e}")
+            continue
+        err = np.abs(img - ref).max() / ref.max()
+        if err > tol:  # GalSim's maxk truncation: compare with the untruncated reference
+            ref = galsim_reference(p, psf, calculate_maxk=False)
+            err = np.abs(img - ref).max() / ref.max()
+        dflux = img.sum() / ref.sum() - 1
+        if err > tol or abs(dflux) > tol_flux:
+            failures.append(f"{p} psf={name}: max|diff|/peak={err:.4f} dflux={dflux:.5f}")
+    assert not failures, "\n".join(failures)
+    assert len(no_reference) <= 2, "GalSim could not draw:\n" + "\n".join(no_reference)
