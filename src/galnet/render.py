@@ -253,12 +253,19 @@ def render_tensors(
     def col(t):  # (N,) -> (N, 1, 1)
         return t[:, None, None]
 
+    # rho^2 = A dx^2 + B dx dy + C dy^2 (the ellipse as a quadratic form), divided by re^2
+    inv_q2 = 1.0 / (q * q)
+    qa = (ux * ux + uy * uy * inv_q2) / (re * re)
+    qb = 2.0 * ux * uy * (1.0 - inv_q2) / (re * re)
+    qc = (uy * uy + ux * ux * inv_q2) / (re * re)
+    tiny = torch.finfo(dtype).tiny
+    half_inv_n = col(0.5 * inv_n)
+
     def profile(dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-        """S at offsets (dx, dy) from the centre; dx, dy broadcast against (N, 1, 1)."""
-        a = dx * col(ux) + dy * col(uy)
-        b = (-dx * col(uy) + dy * col(ux)) / col(q)
-        rho = torch.sqrt(a * a + b * b + torch.finfo(dtype).tiny)
-        return col(amp) * torch.exp(-col(bn) * torch.exp(col(inv_n) * torch.log(rho / col(re))))
+        """S at offsets dx (.., 1, W) and dy (.., H, 1) from the centre, broadcast to (N, H, W)."""
+        r2 = (col(qa) * dx * dx + col(qc) * dy * dy) + (col(qb) * dx) * dy  # (rho / re)^2
+        # S = amp exp(-b (rho/re)^(1/n)),  (rho/re)^(1/n) = exp(log(r2) / 2n)
+        return col(amp) * torch.exp(-col(bn) * torch.exp(half_inv_n * torch.log(r2 + tiny)))
 
     # --- coarse T: S sampled at the pixel centres of the stamp plus the PSF margin -------------
     gy = torch.arange(-ph, H + ph, dtype=dtype, device=device)
