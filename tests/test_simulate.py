@@ -140,10 +140,11 @@ def test_deterministic_and_chunk_independent(run, tmp_path):
     for k in RENDER_COLS:  # identical random draws
         np.testing.assert_array_equal(other["params"][k], a["params"][k])
     np.testing.assert_array_equal(other["psfs"], a["psfs"])
-    # pixel values agree to float32 rounding (batched float32 renders), far below the noise
+    # pixel values agree to float32 rounding (batched float32 renders; the renderer groups stamps
+    # by integration window, so batch composition depends on the chunk), far below the noise
     scale = np.abs(a["images"]).max(axis=(1, 2), keepdims=True)
     diff = np.abs(other["images"] - a["images"])
-    assert np.all(diff <= 1e-5 * scale) and np.all(diff <= 1e-3 * a["sigma"])
+    assert np.all(diff <= 3e-5 * scale) and np.all(diff <= 1e-3 * a["sigma"])
 
 
 def test_workers_give_the_same_file(run, tmp_path):
