@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from galsim_reference import galsim_reference, moffat_psf, random_params, real_psfs  # noqa: E402
+from galsim_reference import accuracy_cases, galsim_reference, real_psfs  # noqa: E402
 
 from galnet.render import render  # noqa: E402
 
@@ -33,13 +33,7 @@ def main() -> None:
     rows = []
     t0 = time.time()
     for chunk in range(args.chunks):
-        rng = np.random.default_rng(1000 + chunk)
-        for i in range(args.per_chunk):
-            p = random_params(rng)
-            if reals and i % 3 == 2:
-                name, psf = reals[rng.integers(len(reals))]
-            else:
-                name, psf = "moffat", moffat_psf(rng)
+        for p, name, psf in accuracy_cases(chunk, reals, args.per_chunk):
             img = render(p, psf)[0]
             try:
                 ref = galsim_reference(p, psf)

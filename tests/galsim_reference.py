@@ -135,3 +135,19 @@ def random_params(
         q=rng.uniform(0.1, 1.0),
         pa_deg=rng.uniform(0, 180),
     )
+
+
+def accuracy_cases(chunk: int, reals: list, per_chunk: int = 50):
+    """The profiles and PSFs of one chunk of the 1000-profile accuracy comparison.
+
+    Yields (params, psf_name, psf): seed 1000 + chunk; every third profile uses a real PSF when
+    ``reals`` (from :func:`real_psfs`) is not empty, the others a random Moffat.
+    """
+    rng = np.random.default_rng(1000 + chunk)
+    for i in range(per_chunk):
+        p = random_params(rng)
+        if reals and i % 3 == 2:
+            name, psf = reals[rng.integers(len(reals))]
+        else:
+            name, psf = "moffat", moffat_psf(rng)
+        yield p, name, psf

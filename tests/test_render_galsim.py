@@ -25,7 +25,7 @@ per chunk of 50). The profiles are split into 20 chunks so pytest-xdist shares t
 
 import numpy as np
 import pytest
-from galsim_reference import galsim_reference, moffat_psf, random_params, real_psfs
+from galsim_reference import accuracy_cases, galsim_reference, real_psfs
 
 from galnet.render import render
 
@@ -41,14 +41,8 @@ def reals():
 @pytest.mark.slow
 @pytest.mark.parametrize("chunk", range(N_CHUNKS))
 def test_exact_render_matches_galsim(chunk, reals):
-    rng = np.random.default_rng(1000 + chunk)
     failures, no_reference = [], []
-    for i in range(PER_CHUNK):
-        p = random_params(rng)
-        if reals and i % 3 == 2:
-            name, psf = reals[rng.integers(len(reals))]
-        else:
-            name, psf = "moffat", moffat_psf(rng)
+    for p, name, psf in accuracy_cases(chunk, reals, PER_CHUNK):
         img = render(p, psf)[0]
         tol = 0.005 if p["n"] <= 4 else 0.01
         tol_flux = 0.002 if p["q"] * p["re_pix"] >= NEEDLE else 0.006
