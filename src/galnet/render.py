@@ -267,15 +267,14 @@ def render_tensors(
         # S = amp exp(-b (rho/re)^(1/n)),  (rho/re)^(1/n) = exp(log(r2) / 2n)
         return col(amp) * torch.exp(-col(bn) * torch.exp(half_inv_n * torch.log(r2 + tiny)))
 
-    # --- coarse T: S sampled at the pixel centres of the stamp plus the PSF margin -------------
+    # T on the pixel centres of the stamp plus the PSF margin
     gy = torch.arange(-ph, H + ph, dtype=dtype, device=device)
     gx = torch.arange(-pw, W + pw, dtype=dtype, device=device)
-    T = profile(gx[None, None, :] - col(x0), gy[None, :, None] - col(y0))  # (N, Hc, Wc)
-
     if mode == "imfit":
         # Imfit's own pixel sub-sampling, then the same discrete convolution (render_imfit.py)
         T = imfit_T(x0, y0, flux, re, n, q, pa, gx, gy)
     else:
+        T = profile(gx[None, None, :] - col(x0), gy[None, :, None] - col(y0))  # (N, Hc, Wc)
         T = _quintic_window(T, x0, y0, flux, re, n, q, ux, uy, bn, inv_n, profile, (ph, pw), config)
 
     if psf_fft is None:
