@@ -11,6 +11,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from astropy.table import Table
 
 from galnet.cli import main
 
@@ -63,16 +64,20 @@ def test_simulate(tmp_path, capsys):
 
 
 def test_demo(tmp_path, capsys):
-    from galnet.cli import run_demo
+    """The demo runs the whole chain with the shipped weights: simulate -> predict -> evaluate."""
+    from galnet.demo import run_demo
 
     paths = run_demo(tmp_path / "demo", n=40, seed=1, progress=False)
     out = capsys.readouterr().out
-    assert paths["h5"].is_file() and paths["gallery"].is_file()
     assert paths["gallery"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "S/N quantiles" in out and "gallery.png" in out and "stamps/s" in out
+    assert "galaxies/s" in out and "catalog.ecsv" in out and "report.md" in out
     with h5py.File(paths["h5"]) as f:
         assert f["images"].shape[0] == 40 and f.attrs["preset"] == "hsc-r"
-        assert np.isfinite(f["images"][:]).all()
+    t = Table.read(paths["catalog"])
+    assert len(t) == 40 and np.isfinite(t["re_pix"]).all()
+    m = json.loads((paths["report"] / "metrics.json").read_text())
+    assert m["n_evaluated"] == 40
+    assert (paths["report"] / "report.md").is_file()
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,10 @@ Commands::
     galnet simulate --preset hsc-r -n 200000 --seed 1 --out train.h5 [--bank BANK] [--snr-min X]
     galnet bank build --data DIR --out BANK [--pixel-scales 0.168 0.2 0.396]
     galnet presets [NAME ...] [--json]
+    galnet train --config configs/hsc-r.toml [--data train.h5] [--out-dir DIR] [--epochs N]
+    galnet predict --images STAMPS.fits --psf PSF.fits [--sigma S] [--mask M] --out CAT.ecsv
+    galnet predict --frame IMAGE.fits --positions CAT --psf PSF --out CAT.fits
+    galnet evaluate --pred CAT --truth TRUTH(.h5|.ecsv) --out REPORT/
     galnet demo [--out-dir galnet-demo] [-n 2000]
 
 Errors (any :class:`galnet.GalnetError` and bad arguments) print one line
@@ -25,7 +29,7 @@ from typing import NoReturn
 from galnet import __version__
 from galnet.errors import GalnetError, GalnetFileError
 
-__all__ = ["main", "build_parser", "run_demo", "save_gallery"]
+__all__ = ["main", "build_parser"]
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -94,7 +98,7 @@ def _fraction(s: str) -> float:
 
 # ---- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    """The ``galnet`` argument parser (subcommands simulate, bank build, presets, demo)."""
+    """The ``galnet`` argument parser (one subcommand per step; see the module docstring)."""
     p = _Parser(prog="galnet", description="Single-Sérsic structure of galaxies at survey scale.")
     p.add_argument("--version", action="version", version=f"galnet {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -140,14 +144,80 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print the full configuration as JSON")
     pr.set_defaults(func=_cmd_presets)
 
-    d = sub.add_parser("demo", help="simulate a small hsc-r set, save a gallery and a summary",
-                       description="A quick end-to-end run on this machine (no external data).")
+    d = sub.add_parser("demo", help="simulate, predict and evaluate a small hsc-r set",
+                       description="The whole chain on this machine with the shipped weights "
+                                   "(no external data): simulate -> predict -> evaluate.")
     d.add_argument("--out-dir", type=Path, default=Path("galnet-demo"),
                    help="output directory [./galnet-demo]")
     d.add_argument("-n", "--n", type=_positive_int, default=2000, help="stamps [2000]")
     d.add_argument("--seed", type=_nonneg_int, default=0, help="random seed [0]")
+    d.add_argument("--model", default=None, help="weights (safetensors) [shipped hsc-r model]")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_demo)
+
+    t = sub.add_parser("train", help="train GaLNet on a simulated HDF5 file",
+                       description="Adam + Huber training with resumable checkpoints "
+                                   "(see galnet.train; configs/hsc-r.toml).")
+    t.add_argument("--config", type=Path, default=None, help="TOML training config")
+    t.add_argument("--data", default=None, help="HDF5 file from galnet simulate [config's]")
+    t.add_argument("--out-dir", default=None, help="checkpoints, log and weights [config's]")
+    t.add_argument("--epochs", type=_positive_int, default=None, help="epochs [config's]")
+    t.add_argument("--n-train", type=_positive_int, default=None, help="training stamps")
+    t.add_argument("--n-val", type=_positive_int, default=None, help="validation stamps")
+    t.add_argument("--batch", type=_positive_int, default=None, help="batch size")
+    t.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate")
+    t.add_argument("--seed", type=_nonneg_int, default=None, help="random seed")
+    t.add_argument("--device", default=None, help="cpu, cuda or auto [auto]")
+    t.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_cmd_train)
+
+    pd = sub.add_parser("predict", help="Sérsic parameters of stamps with GaLNet -> catalogue",
+                        description="Run the network on FITS stamps (or cutouts of a frame) and "
+                                    "write a catalogue with errors, chi2nu, snr and flags "
+                                    "(see docs/predict.md).")
+    pd.add_argument("--images", default=None,
+                    help="FITS cube (N,H,W) or 2-D stamp; SIGMA/IVAR/MASK extensions are used")
+    pd.add_argument("--frame", default=None, help="large FITS image (with --positions)")
+    pd.add_argument("--positions", default=None,
+                    help="catalogue with x,y (0-based pixels) or ra,dec (deg) columns")
+    pd.add_argument("--psf", required=True,
+                    help="PSF: FITS image (h,w), cube (N,h,w) or PSFEx model")
+    pd.add_argument("--sigma", default=None, help="1-sigma noise map(s) [extension SIGMA]")
+    pd.add_argument("--ivar", default=None, help="inverse-variance map(s) [extension IVAR]")
+    pd.add_argument("--mask", default=None, help="mask(s), nonzero = ignored [extension MASK]")
+    pd.add_argument("--pixel-scale", type=_positive_float, default=None,
+                    help="arcsec/pixel [header PIXSCALE/WCS, else the preset's]")
+    pd.add_argument("--zeropoint", type=_finite_float, default=None,
+                    help="AB mag of one image unit [header MAGZERO/ZP..., else the preset's]")
+    pd.add_argument("--preset", default="hsc-r", help="survey preset for defaults [hsc-r]")
+    pd.add_argument("--model", default=None, help="weights (safetensors) [shipped hsc-r model]")
+    pd.add_argument("--out", required=True, help="output catalogue (.ecsv, .fits or .parquet)")
+    pd.add_argument("--save-models", default=None, metavar="DIR",
+                    help="write models.fits and residuals.fits cubes into DIR")
+    pd.add_argument("--no-chi2", action="store_true",
+                    help="skip rendering the models (chi2nu and snr become NaN; faster)")
+    pd.add_argument("--device", default="cpu", help="cpu, cuda or auto [cpu]")
+    pd.add_argument("--chunk", type=_positive_int, default=4096, help="stamps per chunk [4096]")
+    pd.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    pd.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pd.set_defaults(func=_cmd_predict)
+
+    ev = sub.add_parser("evaluate", help="compare predictions with the truth: metrics and plots",
+                        description="R², NMAD, bias, outliers, calibration, by S/N and n "
+                                    "(see docs/evaluate.md).")
+    ev.add_argument("--pred", required=True, type=Path,
+                    help="predicted catalogue (ECSV/FITS/Parquet)")
+    ev.add_argument("--truth", required=True, type=Path,
+                    help="truth catalogue, or an HDF5 file from galnet simulate")
+    ev.add_argument("--out", required=True, type=Path, help="report directory (created)")
+    ev.add_argument("--snr-bins", type=float, nargs="+", default=None, metavar="EDGE",
+                    help="true-S/N bin edges [0 10 20 50 100 inf]")
+    ev.add_argument("--n-bins", type=float, nargs="+", default=None, metavar="EDGE",
+                    help="true-n bin edges [0.3 1 2 4 8]")
+    ev.add_argument("--no-gallery", action="store_true", help="no residual gallery")
+    ev.set_defaults(func=_cmd_evaluate)
     return p
 
 
@@ -222,86 +292,67 @@ def _cmd_presets(a: argparse.Namespace) -> int:
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
-    run_demo(a.out_dir, n=a.n, seed=a.seed, progress=not a.quiet)
+    from galnet.demo import run_demo
+
+    run_demo(a.out_dir, n=a.n, seed=a.seed, progress=not a.quiet, model=a.model)
     return 0
 
 
-# ---- demo --------------------------------------------------------------------------------------
-def save_gallery(h5_path: str | Path, png_path: str | Path, n: int = 25, title: str = "") -> Path:
-    """Save a square grid of the first ``n`` stamps of a simulated file (asinh stretch, with each
-    galaxy's parameters) as a PNG."""
-    import h5py
-    import matplotlib
+def _cmd_train(a: argparse.Namespace) -> int:
+    from galnet.train import load_config, train
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from galnet.simulate import read_params
-
-    t = read_params(h5_path)
-    with h5py.File(h5_path, "r") as f:
-        k = min(n, len(t))
-        images = f["images"][:k]
-        sigma = f["sigma"][:k]
-    side = math.ceil(math.sqrt(k))
-    fig, axes = plt.subplots(side, side, figsize=(2.4 * side, 2.6 * side), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i >= k:
-            continue
-        sky = float(np.min(sigma[i]))  # the sky-only sigma of the stamp
-        img = np.arcsinh(images[i] / (3.0 * sky))
-        lo, hi = np.percentile(img, [1.0, 99.8])
-        ax.imshow(img, origin="lower", cmap="gray_r", vmin=lo, vmax=max(hi, lo + 1e-6),
-                  interpolation="nearest")
-        r = t[i]
-        ax.set_title(f"m={float(r['mag'].value):.1f} re={float(r['re_arcsec'].value):.2f}\" "
-                     f"n={float(r['n']):.2f}\nq={float(r['q']):.2f} "
-                     f"pa={float(r['pa_deg'].value):.0f} S/N={float(r['snr']):.0f}", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.97) if title else None)
-    png_path = Path(png_path)
-    fig.savefig(png_path, dpi=90)
-    plt.close(fig)
-    return png_path
+    cfg = load_config(a.config, data=a.data, out_dir=a.out_dir, epochs=a.epochs,
+                      n_train=a.n_train, n_val=a.n_val, batch=a.batch, lr=a.lr, seed=a.seed,
+                      device=a.device, threads=a.threads)
+    if not cfg.data:
+        raise _UsageError("no training data: give --data or `data` in the config")
+    out = train(cfg, resume=not a.restart, progress=not a.quiet)
+    print(f"wrote {out}")
+    return 0
 
 
-def run_demo(out_dir: str | Path = "galnet-demo", n: int = 2000, seed: int = 0,
-             progress: bool = True, preset: str = "hsc-r") -> dict[str, Path]:
-    """Simulate ``n`` stamps (synthetic backgrounds) into ``out_dir/demo.h5``, save
-    ``out_dir/gallery.png`` (25 stamps) and print a summary. Returns the paths written."""
-    import numpy as np
+def _cmd_predict(a: argparse.Namespace) -> int:
+    import torch
 
-    from galnet.simulate import read_params, simulate
+    from galnet.predict import predict_files
 
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise GalnetFileError(f"cannot create {str(out_dir)!r}: {err.strerror or err}") from err
-    h5 = out_dir / "demo.h5"
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if (a.images is None) == (a.frame is None):
+        raise _UsageError("give either --images or --frame (with --positions)")
+    if a.frame is not None and a.positions is None:
+        raise _UsageError("--frame needs --positions")
     t0 = time.perf_counter()
-    simulate(preset, n, seed, h5, progress=progress)
+    t = predict_files(a.out, images=a.images, psf=a.psf, sigma=a.sigma, ivar=a.ivar,
+                      mask=a.mask, frame=a.frame, positions=a.positions,
+                      pixel_scale=a.pixel_scale, zeropoint=a.zeropoint, preset=a.preset,
+                      model=a.model, device=a.device, chunk=a.chunk, chi2=not a.no_chi2,
+                      save_models=a.save_models, progress=not a.quiet)
     dt = time.perf_counter() - t0
-    png = save_gallery(h5, out_dir / "gallery.png",
-                       title=f"galnet demo: {preset}, seed {seed} (asinh stretch)")
-    t = read_params(h5)
-    print(f"\ngalnet demo: {n} {preset} stamps (synthetic backgrounds) in {dt:.1f} s "
-          f"({n / dt:.0f} stamps/s)\n")
-    print(f"  {'column':<10} {'min':>10} {'median':>10} {'max':>10}  unit")
-    for k in ("mag", "re_arcsec", "re_pix", "n", "q", "pa_deg", "psf_fwhm", "snr"):
-        v = np.asarray(getattr(t[k], "value", t[k]), dtype=float)
-        unit = str(getattr(t[k], "unit", "") or "")
-        print(f"  {k:<10} {v.min():>10.3g} {np.median(v):>10.3g} {v.max():>10.3g}  {unit}")
-    q = np.percentile(np.asarray(t["snr"], dtype=float), [5, 25, 50, 75, 95])
-    print("\n  S/N quantiles 5/25/50/75/95%: " + " ".join(f"{x:.0f}" for x in q))
-    src = np.asarray(t["psf_source"])
-    kinds = ", ".join(f"{s} {np.mean(src == s):.0%}" for s in sorted(set(src)))
-    print(f"  PSFs: {kinds}")
-    print(f"\n  stamps:  {h5.resolve()}\n  gallery: {png.resolve()}")
-    return {"h5": h5, "gallery": png}
+    n_flag = int((t["flags"] != 0).sum())
+    print(f"wrote {len(t)} galaxies to {a.out} in {dt:.1f} s ({len(t) / dt:.0f} galaxies/s); "
+          f"{n_flag} flagged")
+    return 0
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from galnet.evaluate import evaluate
+
+    kw = {}
+    if a.snr_bins:
+        kw["snr_bins"] = a.snr_bins
+    if a.n_bins:
+        kw["n_bins"] = a.n_bins
+    m = evaluate(a.pred, a.truth, a.out, gallery=False if a.no_gallery else None, **kw)
+    print(f"galnet evaluate: {m['n_evaluated']} rows evaluated (matched by {m['matched_by']}), "
+          f"{m['n_failed']} failed")
+    for t in m["targets"]:
+        v = t["overall"]["value"]
+        mark = {True: "ok", False: "MISSED", None: "-"}[t["overall"]["pass"]]
+        val = "-" if v is None or v != v else f"{v:.4f}"
+        print(f"  {t['param']:<7} {t['metric']:<18} {t['target']:<11} {val}  {mark}")
+    print(f"  report: {(a.out / 'report.md').resolve()}")
+    return 0
 
 
 # ---- entry point -------------------------------------------------------------------------------
@@ -311,8 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if getattr(args, "func", None) is None:
-            raise _UsageError("a command is required (simulate, bank, presets, demo); "
-                              "see galnet --help")
+            raise _UsageError("a command is required (simulate, bank, presets, train, predict, "
+                              "evaluate, demo); see galnet --help")
         return int(args.func(args))
     except (_UsageError, GalnetError) as err:
         msg = " ".join(str(err).split())  # one line
