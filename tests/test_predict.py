@@ -197,3 +197,68 @@ def test_predict_cli_even_psf_and_nan_psf(stamps, weights, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "even.fits" in err
     assert not (tmp_path / "c.ecsv").exists()
+
+
+def test_predict_cli_separate_sigma_mask_ivar_chunk_threads(stamps, weights, tmp_path):
+    """--sigma / --ivar / --mask as separate files, --chunk (same answer in several chunks),
+    --device, --threads, --preset."""
+    d, im, sg, ps = stamps
+    fits.PrimaryHDU(im).writeto(tmp_path / "im.fits")
+    fits.PrimaryHDU(sg).writeto(tmp_path / "sig.fits")
+    fits.PrimaryHDU(1.0 / sg**2).writeto(tmp_path / "ivar.fits")
+    mask = np.zeros(im.shape, np.uint8)
+    mask[:, :, :4] = 1
+    fits.PrimaryHDU(mask).writeto(tmp_path / "mask.fits")
+    base = ["predict", "--images", str(tmp_path / "im.fits"), "--psf", str(d / "psfs.fits"),
+            "--model", str(weights), "-q", "--device", "cpu", "--threads", "1",
+            "--preset", "hsc-r"]
+    assert main([*base, "--sigma", str(tmp_path / "sig.fits"), "--mask",
+                 str(tmp_path / "mask.fits"), "--out", str(tmp_path / "a.ecsv")]) == 0
+    assert main([*base, "--ivar", str(tmp_path / "ivar.fits"), "--mask",
+                 str(tmp_path / "mask.fits"), "--chunk", "7", "--out",
+                 str(tmp_path / "b.ecsv")]) == 0
+    assert main([*base, "--sigma", str(tmp_path / "sig.fits"), "--out",
+                 str(tmp_path / "c.ecsv")]) == 0
+    a, b, c = (Table.read(tmp_path / f"{k}.ecsv") for k in "abc")
+    assert np.allclose(a["re_pix"], b["re_pix"], rtol=1e-5)
+    assert np.allclose(a["chi2nu"], b["chi2nu"], rtol=1e-4)
+    # the mask changes what the network sees and which pixels enter chi2nu
+    assert not np.allclose(a["chi2nu"], c["chi2nu"], rtol=1e-4)
+
+
+def test_predict_out_of_prior_and_low_snr_flags(tiny_model, stamps, tmp_path):
+    """A model whose prior excludes everything flags every row OUT_OF_PRIOR; a pure-noise stamp
+    gets LOW_SNR."""
+    import copy
+
+    d, im, _, ps = stamps
+    m = copy.deepcopy(tiny_model)
+    m.config.info = {"prior": {"re_pix": [1e3, 1e4], "n": [0.3, 8.0]}}
+    t = predict_files(tmp_path / "p.ecsv", images=d / "st.fits", psf=d / "psf.fits", model=m,
+                      progress=False)
+    assert np.all(t["flags"] & int(Flag.OUT_OF_PRIOR))
+    # LOW_SNR: a flat, faint model on noise (constant-output model, flux ~ 1 sky rms)
+    noise = np.random.default_rng(0).normal(0, 1.0, (2, 61, 61)).astype(np.float32)
+    truth = {"x": torch.tensor([30.0]), "y": torch.tensor([30.0]), "flux": torch.tensor([1.0]),
+             "re_pix": torch.tensor([3.0]), "n": torch.tensor([1.0]), "q": torch.tensor([1.0]),
+             "pa_deg": torch.tensor([0.0])}
+    cm = _constant_model(tiny_model, truth, torch.ones(1))
+    t = predict_files(tmp_path / "n.ecsv", images=noise, psf=ps[0], model=cm, progress=False)
+    assert np.all(t["flags"] & int(Flag.LOW_SNR))
+
+
+def test_evaluate_cli_flags(stamps, weights, tiny_sim, tmp_path, capsys):
+    d, *_ = stamps
+    out = tmp_path / "cat.ecsv"
+    assert main(["predict", "--images", str(d / "st.fits"), "--psf", str(d / "psfs.fits"),
+                 "--model", str(weights), "--out", str(out), "-q"]) == 0
+    rc = main(["evaluate", "--pred", str(out), "--truth", str(tiny_sim), "--out",
+               str(tmp_path / "rep"), "--snr-bins", "0", "50", "inf", "--n-bins", "0.3", "2", "8",
+               "--no-gallery"])
+    assert rc == 0
+    assert "report:" in capsys.readouterr().out
+    import json
+
+    m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert m["n_evaluated"] == 40 and len(m["by_snr"]["bins"]) == 2
+    assert not (tmp_path / "rep" / "gallery.png").exists()

@@ -61,9 +61,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +70,8 @@ from typing import Any
 import numpy as np
 
 from galnet.conventions import SPECS
-from galnet.errors import GalnetError, GalnetFileError, GalnetValueError
+from galnet.errors import GalnetFileError, GalnetValueError
+from galnet.fileio import atomic_write
 
 __all__ = [
     "evaluate",
@@ -561,9 +561,9 @@ def evaluate(
         files.insert(0, "report.md")
         files.insert(0, "metrics.json")
         metrics["files"] = files
-        _atomic_write(out_path / "report.md", lambda f: f.write_text(_report(metrics)))
+        atomic_write(out_path / "report.md", lambda f: f.write_text(_report(metrics)))
         text = json.dumps(_jsonable(metrics), indent=1, allow_nan=False)
-        _atomic_write(out_path / "metrics.json", lambda f: f.write_text(text + "\n"))
+        atomic_write(out_path / "metrics.json", lambda f: f.write_text(text + "\n"))
     return metrics
 
 
@@ -645,27 +645,6 @@ def _check_out_dir(out_dir) -> Path:
     return p
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through ``write(tmp)`` on a temporary file beside it, then rename."""
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    except OSError as err:
-        raise GalnetFileError(f"cannot write {str(path)!r}: {err.strerror or err}") from err
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and not isinstance(err, GalnetError):
-            raise GalnetFileError(f"cannot write {str(path)!r}: {err.strerror or err}") from err
-        raise
-
-
 def _pyplot():
     import matplotlib
 
@@ -678,7 +657,7 @@ def _pyplot():
 def _save(fig, path: Path) -> None:
     plt = _pyplot()
     try:
-        _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90))
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90))
     finally:
         plt.close(fig)
 
@@ -790,7 +769,8 @@ def _plot_residuals_vs_snr(plt, res: list[_Residuals], snr: np.ndarray):
         ax.set_xlabel("true S/N", fontsize=8)
         ax.set_ylabel(_D_LABEL[r.key], fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 

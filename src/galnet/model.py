@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from galnet.errors import GalnetFileError
+from galnet.fileio import atomic_write
 
 __all__ = [
     "ModelConfig",
@@ -252,15 +253,11 @@ def save_model(model: GaLNet, path: str | Path, extra: dict | None = None) -> Pa
     """Write the weights (safetensors, no pickle) with the config as JSON metadata; atomic."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"config": json.dumps(asdict(model.config)), "format": "galnet-1"}
     if extra:
         meta.update({k: json.dumps(v) for k, v in extra.items()})
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> GaLNet:

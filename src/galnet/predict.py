@@ -316,14 +316,12 @@ class _CubeWriter:
         self.parts["residuals"].append(np.where(mask, np.nan, residuals).astype(np.float32))
 
     def close(self) -> None:
-        import os
-
         from astropy.io import fits
 
+        from galnet.fileio import atomic_write
+
         for name, parts in self.parts.items():
-            if not parts:
-                continue
-            path = self.dir / f"{name}.fits"
-            tmp = path.with_name(f".{path.name}.tmp")
-            fits.PrimaryHDU(np.concatenate(parts)).writeto(tmp, overwrite=True)
-            os.replace(tmp, path)
+            if parts:
+                hdu = fits.PrimaryHDU(np.concatenate(parts))
+                atomic_write(self.dir / f"{name}.fits",
+                             lambda tmp, hdu=hdu: hdu.writeto(tmp, overwrite=True))

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -47,7 +46,8 @@ import numpy as np
 
 from galnet import __version__
 from galnet.conventions import COLUMN_UNITS, mag_to_flux
-from galnet.errors import GalnetError, GalnetFileError, GalnetValueError
+from galnet.errors import GalnetFileError, GalnetValueError
+from galnet.fileio import atomic_write
 from galnet.presets import Preset, get_preset
 
 __all__ = [
@@ -662,29 +662,12 @@ def _fill(f: h5py.File, preset: Preset, n: int, results, attrs: dict[str, Any],
 
 def _write_atomic(out: Path, fill: Callable[[h5py.File], None]) -> Path:
     """Write through ``fill`` into a temporary file beside ``out``, then rename it to ``out``."""
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f"{out.name}.tmp-", dir=out.parent)
-    except OSError as err:
-        raise GalnetFileError(f"cannot write {str(out)!r}: {err.strerror or err}") from err
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             fill(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, out)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and not isinstance(err, GalnetError):
-            raise GalnetFileError(f"cannot write {str(out)!r}: {err.strerror or err}") from err
-        raise
-    return out
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return atomic_write(out, write)
 
 
 # ----------------------------------------------------------------------------------------------

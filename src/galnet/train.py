@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from galnet.errors import GalnetFileError, GalnetValueError
+from galnet.fileio import atomic_write
 from galnet.model import (
     PA_SIGMA_UNIT,
     GaLNet,
@@ -244,9 +245,7 @@ def _save_checkpoint(path: Path, model: GaLNet, opt: torch.optim.Optimizer, epoc
         for k, v in opt.state.get(p, {}).items():
             state[f"adam.{i}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
     meta = {"epoch": str(epoch), "best": repr(best), "config": json.dumps(asdict(cfg))}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 def _load_checkpoint(path: Path, model: GaLNet, opt: torch.optim.Optimizer) -> tuple[int, float]:
