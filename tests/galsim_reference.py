@@ -38,7 +38,7 @@ def galsim_reference(p: dict, psf: np.ndarray, shape=(61, 61), calculate_maxk=Tr
     ):
         try:
             return _draw(p, psf, shape, calculate_maxk, sersic_gsp)
-        except RuntimeError:
+        except (RuntimeError, ValueError):  # GalSim: Hankel roundoff, or NaN maxk
             last = sersic_gsp
     return _draw(p, psf, shape, calculate_maxk, last)  # raise the error of the last attempt
 

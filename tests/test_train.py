@@ -64,3 +64,18 @@ def test_config_errors(tmp_path, tiny_sim):
         load_training_data(_cfg(tiny_sim, tmp_path, n_train=250))
     with pytest.raises(GalnetFileError, match="cannot read training data"):
         load_training_data(_cfg(tmp_path / "nope.h5", tmp_path))
+
+
+def test_train_cli(tiny_sim, tmp_path, capsys):
+    from galnet.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("n_train = 96\nn_val = 32\nbatch = 32\ndevice = 'cpu'\n"
+                   "[model]\nwidth = 4\npsf_dim = 8\nhidden = 16\n")
+    rc = main(["train", "--config", str(cfg), "--data", str(tiny_sim), "--out-dir",
+               str(tmp_path / "run"), "--epochs", "1", "--threads", "1", "--seed", "3", "-q"])
+    assert rc == 0 and "model.safetensors" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["seed"] == 3 and saved["n_train"] == 96 and saved["model"]["width"] == 4
+    rc = main(["train", "--config", str(cfg), "--out-dir", str(tmp_path / "r2"), "-q"])
+    assert rc == 2 and "no training data" in capsys.readouterr().err
