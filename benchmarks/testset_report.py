@@ -43,7 +43,8 @@ def run(h5: Path, out: Path, model, threads: int | None) -> dict:
     predict_files(out / "catalog.fits", images=images, psf=psfs, sigma=sigma, zeropoint=zp,
                   pixel_scale=scale, model=model, progress=False)
     dt = time.perf_counter() - t0
-    m = evaluate(out / "catalog.fits", h5, out)  # ids = row indices of the HDF5 file
+    # ids = row indices of the HDF5 file; no stamp gallery (the backgrounds are real cutouts)
+    m = evaluate(out / "catalog.fits", h5, out, gallery=False)
     m["predict_seconds"] = dt
     print(f"{h5}: {len(images)} stamps predicted in {dt:.1f} s ({len(images) / dt:.0f}/s)")
     return m
