@@ -262,3 +262,31 @@ def test_evaluate_cli_flags(stamps, weights, tiny_sim, tmp_path, capsys):
     m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     assert m["n_evaluated"] == 40 and len(m["by_snr"]["bins"]) == 2
     assert not (tmp_path / "rep" / "gallery.png").exists()
+
+
+def test_predict_cli_psfex_with_psf_positions(stamps, weights, tmp_path, capsys):
+    """--psf-positions places a stamp cube in its frame for a PSFEx PSF: the same result as the
+    PSFs evaluated at those positions given as a cube."""
+    from test_stamps import _synthetic_psfex
+
+    from galnet.stamps import load_stamps
+
+    d, im, *_ = stamps
+    _synthetic_psfex(tmp_path / "m.psf")
+    fits.PrimaryHDU(im[:3]).writeto(tmp_path / "st3.fits")
+    pos = Table({"x": [99.0, 299.0, 99.0], "y": [79.0, 79.0, 229.0]})
+    pos.write(tmp_path / "pos.ecsv")
+    psfs = load_stamps(im[:3], tmp_path / "m.psf",
+                       psf_positions=np.c_[pos["x"], pos["y"]]).psfs
+    fits.PrimaryHDU(psfs).writeto(tmp_path / "cube.fits")
+    base = ["predict", "--images", str(tmp_path / "st3.fits"), "--model", str(weights), "-q",
+            "--no-chi2"]
+    assert main([*base, "--psf", str(tmp_path / "m.psf"), "--psf-positions",
+                 str(tmp_path / "pos.ecsv"), "--out", str(tmp_path / "a.ecsv")]) == 0
+    assert main([*base, "--psf", str(tmp_path / "cube.fits"), "--out",
+                 str(tmp_path / "b.ecsv")]) == 0
+    a, b = Table.read(tmp_path / "a.ecsv"), Table.read(tmp_path / "b.ecsv")
+    assert np.allclose(a["re_pix"], b["re_pix"], rtol=1e-5)
+    assert main([*base, "--psf", str(tmp_path / "m.psf"), "--out",
+                 str(tmp_path / "c.ecsv")]) == 2
+    assert "PSFEx model needs" in capsys.readouterr().err

@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="catalogue with x,y (0-based pixels) or ra,dec (deg) columns")
     pd.add_argument("--psf", required=True,
                     help="PSF: FITS image (h,w), cube (N,h,w) or PSFEx model")
+    pd.add_argument("--psf-positions", default=None, metavar="CAT",
+                    help="x,y frame positions (0-based) of the stamps, for a PSFEx --psf")
     pd.add_argument("--sigma", default=None, help="1-sigma noise map(s) [extension SIGMA]")
     pd.add_argument("--ivar", default=None, help="inverse-variance map(s) [extension IVAR]")
     pd.add_argument("--mask", default=None, help="mask(s), nonzero = ignored [extension MASK]")
@@ -325,6 +327,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     t = predict_files(a.out, images=a.images, psf=a.psf, sigma=a.sigma, ivar=a.ivar,
                       mask=a.mask, frame=a.frame, positions=a.positions,
+                      psf_positions=a.psf_positions,
                       pixel_scale=a.pixel_scale, zeropoint=a.zeropoint, preset=a.preset,
                       model=a.model, device=a.device, chunk=a.chunk, chi2=not a.no_chi2,
                       save_models=a.save_models, progress=not a.quiet)

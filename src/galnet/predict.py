@@ -240,6 +240,7 @@ def predict_files(
     mask=None,
     frame=None,
     positions=None,
+    psf_positions=None,
     pixel_scale: float | None = None,
     zeropoint: float | None = None,
     preset: str = "hsc-r",
@@ -252,6 +253,8 @@ def predict_files(
 ):
     """``galnet predict``: stamps (``images``) or a ``frame`` with ``positions`` -> catalogue
     ``out`` (.ecsv / .fits / .parquet, written atomically). Streams ``chunk`` stamps at a time.
+    ``psf_positions`` (a catalogue path or table with ``x, y`` columns, or an (N, 2) array: frame
+    pixels, 0-based) places stamps in their frame for a PSFEx ``psf``.
     With ``save_models``, writes ``models.fits`` and ``residuals.fits`` cubes (N, 61, 61) there.
     Returns the catalogue (QTable)."""
     from astropy.table import vstack
@@ -271,7 +274,18 @@ def predict_files(
         model = load_model(model, device=dev)
     kw = dict(sigma=sigma, ivar=ivar, mask=mask, pixel_scale=pixel_scale, zeropoint=zeropoint,
               preset=preset, chunk=chunk)
-    batches = (iter_stamps(images, psf, **kw) if frame is None
+    if psf_positions is not None and not isinstance(psf_positions, np.ndarray):
+        from galnet.stamps import read_catalog
+
+        t = (read_catalog(psf_positions) if isinstance(psf_positions, str | Path)
+             else psf_positions)
+        try:
+            psf_positions = np.c_[np.asarray(getattr(t["x"], "value", t["x"]), float),
+                                  np.asarray(getattr(t["y"], "value", t["y"]), float)]
+        except KeyError as err:
+            raise GalnetValueError(f"{psf_positions}: psf positions need x and y columns",
+                                   "psf_positions") from err
+    batches = (iter_stamps(images, psf, psf_positions=psf_positions, **kw) if frame is None
                else iter_frame(frame, positions, psf, **kw))
     writer = _CubeWriter(save_models) if save_models is not None else None
     tables = []
