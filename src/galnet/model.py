@@ -217,7 +217,6 @@ def decode(out: torch.Tensor, log_sigma: torch.Tensor, noise: torch.Tensor, conf
         "x_err": s_t[:, 0], "y_err": s_t[:, 1], "flux_err": ln10 * flux * s_t[:, 2],
         "re_pix_err": ln10 * re * s_t[:, 3], "n_err": ln10 * n * s_t[:, 4], "q_err": s_t[:, 5],
         "pa_deg_err": s[:, 6] * PA_SIGMA_UNIT,
-        "logflux_err": s_t[:, 2],
     }
 
 

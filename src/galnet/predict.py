@@ -96,7 +96,9 @@ def predict_arrays(
     if not isinstance(model, GaLNet):
         model = load_model(model, device=dev)
     cfg = model.config
-    model = model.to(dev).folded().to(memory_format=torch.channels_last)
+    if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
+        model = model.to(dev).folded()  # callers that loop over chunks fold once beforehand
+    model = model.to(dev).to(memory_format=torch.channels_last)
     S, P = cfg.stamp, cfg.psf_size
     images = torch.as_tensor(images)
     psfs = torch.as_tensor(psfs)
@@ -161,7 +163,7 @@ def predict_arrays(
     return res
 
 
-def out_of_prior(res: dict[str, np.ndarray], model: GaLNet, pixel_scale: float) -> np.ndarray:
+def out_of_prior(res: dict[str, np.ndarray], model: GaLNet) -> np.ndarray:
     """True where a prediction lies outside the model's training prior (``config.info['prior']``:
     re_arcsec, n, q ranges; a 10% margin on re and n)."""
     prior = model.config.info.get("prior") or {}
@@ -201,7 +203,7 @@ def predict(stamps, *, model: GaLNet | str | Path | None = None, device="cpu", b
     mag = zp - 2.5 * np.log10(np.where(flux > 0, flux, np.nan))
     mag_err = 2.5 / math.log(10) * res["flux_err"] / flux
     flags = np.asarray(stamps.flags, dtype=np.int64).copy()
-    flags |= np.where(out_of_prior(res, model, stamps.pixel_scale), int(Flag.OUT_OF_PRIOR), 0)
+    flags |= np.where(out_of_prior(res, model), int(Flag.OUT_OF_PRIOR), 0)
     flags |= np.where(res["snr"] < LOW_SNR_LIMIT, int(Flag.LOW_SNR), 0)  # NaN (no chi2): no flag
     scale = float(stamps.pixel_scale)
     t = QTable()
@@ -272,6 +274,7 @@ def predict_files(
     dev = _resolve_device(device)
     if not isinstance(model, GaLNet):
         model = load_model(model, device=dev)
+    model = model.to(dev).folded()  # once, not per chunk
     kw = dict(sigma=sigma, ivar=ivar, mask=mask, pixel_scale=pixel_scale, zeropoint=zeropoint,
               preset=preset, chunk=chunk)
     if psf_positions is not None and not isinstance(psf_positions, np.ndarray):
