@@ -97,6 +97,27 @@ def _fraction(s: str) -> float:
 
 
 # ---- parser ------------------------------------------------------------------------------------
+def _add_input_args(p: argparse.ArgumentParser) -> None:
+    """The input options shared by predict and fit (stamps or a frame, PSF, noise, photometry)."""
+    p.add_argument("--images", default=None,
+                    help="FITS cube (N,H,W) or 2-D stamp; SIGMA/IVAR/MASK extensions are used")
+    p.add_argument("--frame", default=None, help="large FITS image (with --positions)")
+    p.add_argument("--positions", default=None,
+                    help="catalogue with x,y (0-based pixels) or ra,dec (deg) columns")
+    p.add_argument("--psf", required=True,
+                    help="PSF: FITS image (h,w), cube (N,h,w) or PSFEx model")
+    p.add_argument("--psf-positions", default=None, metavar="CAT",
+                    help="x,y frame positions (0-based) of the stamps, for a PSFEx --psf")
+    p.add_argument("--sigma", default=None, help="1-sigma noise map(s) [extension SIGMA]")
+    p.add_argument("--ivar", default=None, help="inverse-variance map(s) [extension IVAR]")
+    p.add_argument("--mask", default=None, help="mask(s), nonzero = ignored [extension MASK]")
+    p.add_argument("--pixel-scale", type=_positive_float, default=None,
+                    help="arcsec/pixel [header PIXSCALE/WCS, else the preset's]")
+    p.add_argument("--zeropoint", type=_finite_float, default=None,
+                    help="AB mag of one image unit [header MAGZERO/ZP..., else the preset's]")
+    p.add_argument("--preset", default="hsc-r", help="survey preset for defaults [hsc-r]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``galnet`` argument parser (one subcommand per step; see the module docstring)."""
     p = _Parser(prog="galnet", description="Single-Sérsic structure of galaxies at survey scale.")
@@ -177,34 +198,49 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Run the network on FITS stamps (or cutouts of a frame) and "
                                     "write a catalogue with errors, chi2nu, snr and flags "
                                     "(see docs/predict.md).")
-    pd.add_argument("--images", default=None,
-                    help="FITS cube (N,H,W) or 2-D stamp; SIGMA/IVAR/MASK extensions are used")
-    pd.add_argument("--frame", default=None, help="large FITS image (with --positions)")
-    pd.add_argument("--positions", default=None,
-                    help="catalogue with x,y (0-based pixels) or ra,dec (deg) columns")
-    pd.add_argument("--psf", required=True,
-                    help="PSF: FITS image (h,w), cube (N,h,w) or PSFEx model")
-    pd.add_argument("--psf-positions", default=None, metavar="CAT",
-                    help="x,y frame positions (0-based) of the stamps, for a PSFEx --psf")
-    pd.add_argument("--sigma", default=None, help="1-sigma noise map(s) [extension SIGMA]")
-    pd.add_argument("--ivar", default=None, help="inverse-variance map(s) [extension IVAR]")
-    pd.add_argument("--mask", default=None, help="mask(s), nonzero = ignored [extension MASK]")
-    pd.add_argument("--pixel-scale", type=_positive_float, default=None,
-                    help="arcsec/pixel [header PIXSCALE/WCS, else the preset's]")
-    pd.add_argument("--zeropoint", type=_finite_float, default=None,
-                    help="AB mag of one image unit [header MAGZERO/ZP..., else the preset's]")
-    pd.add_argument("--preset", default="hsc-r", help="survey preset for defaults [hsc-r]")
+    _add_input_args(pd)
     pd.add_argument("--model", default=None, help="weights (safetensors) [shipped hsc-r model]")
     pd.add_argument("--out", required=True, help="output catalogue (.ecsv, .fits or .parquet)")
     pd.add_argument("--save-models", default=None, metavar="DIR",
                     help="write models.fits and residuals.fits cubes into DIR")
     pd.add_argument("--no-chi2", action="store_true",
                     help="skip rendering the models (chi2nu and snr become NaN; faster)")
+    pd.add_argument("--refine", action="store_true",
+                    help="refine the network's parameters with the forward-model fit "
+                         "(the catalogue of galnet fit --init nn)")
     pd.add_argument("--device", default="cpu", help="cpu, cuda or auto [cpu]")
     pd.add_argument("--chunk", type=_positive_int, default=4096, help="stamps per chunk [4096]")
     pd.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     pd.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pd.set_defaults(func=_cmd_predict)
+
+    ft = sub.add_parser("fit", help="forward-model fit of PSF-convolved Sérsic profiles",
+                        description="Levenberg-Marquardt fit of stamps (or cutouts of a frame), "
+                                    "batched, initialised by GaLNet; writes the catalogue of "
+                                    "galnet predict plus niter and converged (see docs/fit.md).")
+    _add_input_args(ft)
+    ft.add_argument("--init", default="nn", metavar="nn|moments|CATALOG",
+                    help="initial guesses: the network, image moments, or a catalogue [nn]")
+    ft.add_argument("--sky", choices=("none", "flat"), default="none",
+                    help="fit a flat sky too [none: the stamps are sky-subtracted]")
+    ft.add_argument("--no-auto-mask", action="store_true",
+                    help="do not mask neighbours (photutils detection + deblending)")
+    ft.add_argument("--gain", type=_positive_float, default=None,
+                    help="e-/image unit: add the source's Poisson noise to the weights when "
+                         "there is no sigma map")
+    ft.add_argument("--native", action="store_true",
+                    help="fit each input image whole at its own pixels (no crop, no rebinning)")
+    ft.add_argument("--scale-errors", action="store_true",
+                    help="multiply the covariance errors by sqrt(chi2nu)")
+    ft.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                    help="precision of the fit [float32; float64 is ~3x slower]")
+    ft.add_argument("--model", default=None, help="weights for --init nn [shipped hsc-r model]")
+    ft.add_argument("--out", required=True, help="output catalogue (.ecsv, .fits or .parquet)")
+    ft.add_argument("--device", default="cpu", help="cpu, cuda or auto [cpu]")
+    ft.add_argument("--chunk", type=_positive_int, default=1024, help="stamps per chunk [1024]")
+    ft.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    ft.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ft.set_defaults(func=_cmd_fit)
 
     ev = sub.add_parser("evaluate", help="compare predictions with the truth: metrics and plots",
                         description="R², NMAD, bias, outliers, calibration, by S/N and n "
@@ -220,6 +256,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="true-n bin edges [0.3 1 2 4 8]")
     ev.add_argument("--no-gallery", action="store_true", help="no residual gallery")
     ev.set_defaults(func=_cmd_evaluate)
+
+    ex = sub.add_parser("export", help="write GALFIT feedme or Imfit config files of a catalogue",
+                        description="One GALFIT feedme (+ constraints) or Imfit configuration per "
+                                    "catalogue row, started from its parameters, conventions "
+                                    "converted exactly (see docs/export.md).")
+    ex.add_argument("--to", required=True, choices=("galfit", "imfit"), help="target code")
+    ex.add_argument("catalog", metavar="CATALOG", help="catalogue (ECSV/FITS/Parquet/CSV)")
+    ex.add_argument("directory", metavar="DIR", type=Path, help="output folder (created)")
+    ex.add_argument("--images", default=None,
+                    help="stamps: FITS cube (plane k = row k; written into DIR), 2-D image, or a "
+                         "file-name pattern with {id}/{index} [placeholder DIR/<id>.fits]")
+    ex.add_argument("--psf", default=None, help="PSF: 2-D FITS image, cube, or pattern")
+    ex.add_argument("--sigma", default=None, help="1-sigma map(s) [extension SIGMA of a cube]")
+    ex.add_argument("--mask", default=None, help="mask(s), nonzero = ignored [extension MASK]")
+    ex.add_argument("--zeropoint", type=_finite_float, default=None,
+                    help="mag zeropoint [the catalogue's meta, else --preset's]")
+    ex.add_argument("--pixel-scale", type=_positive_float, default=None,
+                    help="arcsec/pixel [the catalogue's meta, else --preset's]")
+    ex.add_argument("--preset", default=None, help="survey preset for missing zeropoint/scale")
+    ex.add_argument("--box", type=_positive_int, default=None,
+                    help="fitting-region side, px [whole stamp; max(61, 12 re_pix) in a frame]")
+    ex.add_argument("--sky", action="store_true", help="add a free flat sky component")
+    ex.set_defaults(func=_cmd_export)
     return p
 
 
@@ -313,10 +372,9 @@ def _cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(a: argparse.Namespace) -> int:
+def _inputs(a: argparse.Namespace) -> dict:
+    """The input options shared by predict and fit, checked, as keyword arguments."""
     import torch
-
-    from galnet.predict import predict_files
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -324,17 +382,47 @@ def _cmd_predict(a: argparse.Namespace) -> int:
         raise _UsageError("give either --images or --frame (with --positions)")
     if a.frame is not None and a.positions is None:
         raise _UsageError("--frame needs --positions")
+    return dict(images=a.images, psf=a.psf, sigma=a.sigma, ivar=a.ivar, mask=a.mask,
+                frame=a.frame, positions=a.positions, psf_positions=a.psf_positions,
+                pixel_scale=a.pixel_scale, zeropoint=a.zeropoint, preset=a.preset,
+                model=a.model, device=a.device, chunk=a.chunk, progress=not a.quiet)
+
+
+def _cmd_predict(a: argparse.Namespace) -> int:
+    from galnet.predict import predict_files
+
+    kw = _inputs(a)
     t0 = time.perf_counter()
-    t = predict_files(a.out, images=a.images, psf=a.psf, sigma=a.sigma, ivar=a.ivar,
-                      mask=a.mask, frame=a.frame, positions=a.positions,
-                      psf_positions=a.psf_positions,
-                      pixel_scale=a.pixel_scale, zeropoint=a.zeropoint, preset=a.preset,
-                      model=a.model, device=a.device, chunk=a.chunk, chi2=not a.no_chi2,
-                      save_models=a.save_models, progress=not a.quiet)
-    dt = time.perf_counter() - t0
+    if a.refine:
+        from galnet.fit import fit_files
+
+        if a.save_models or a.no_chi2:
+            raise _UsageError("--refine does not combine with --save-models or --no-chi2")
+        t = fit_files(a.out, init="nn", **kw)
+    else:
+        t = predict_files(a.out, chi2=not a.no_chi2, save_models=a.save_models, **kw)
+    _report(t, a.out, time.perf_counter() - t0)
+    return 0
+
+
+def _report(t, out, dt: float) -> None:
     n_flag = int((t["flags"] != 0).sum())
-    print(f"wrote {len(t)} galaxies to {a.out} in {dt:.1f} s ({len(t) / dt:.0f} galaxies/s); "
-          f"{n_flag} flagged")
+    extra = ""
+    if "converged" in t.colnames:
+        extra = f", {len(t) - int(sum(bool(c) for c in t['converged']))} not converged"
+    print(f"wrote {len(t)} galaxies to {out} in {dt:.1f} s ({len(t) / dt:.1f} galaxies/s); "
+          f"{n_flag} flagged{extra}")
+
+
+def _cmd_fit(a: argparse.Namespace) -> int:
+    from galnet.fit import FitConfig, fit_files
+
+    kw = _inputs(a)
+    cfg = FitConfig(scale_errors=a.scale_errors, dtype=a.dtype)
+    t0 = time.perf_counter()
+    t = fit_files(a.out, init=a.init, sky=a.sky, auto_mask_neighbours=not a.no_auto_mask,
+                  gain=a.gain, config=cfg, native=a.native, **kw)
+    _report(t, a.out, time.perf_counter() - t0)
     return 0
 
 
@@ -358,6 +446,20 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(a: argparse.Namespace) -> int:
+    from galnet.export import FORMATS, export_catalog
+
+    res = export_catalog(a.catalog, a.directory, a.to, psf=a.psf, images=a.images,
+                         sigma=a.sigma, mask=a.mask, zeropoint=a.zeropoint,
+                         pixel_scale=a.pixel_scale, preset=a.preset, box=a.box, sky=a.sky)
+    n = sum(f.name.endswith(FORMATS[a.to]) for f in res.files)
+    skipped = f"; {len(res.skipped)} rows skipped (invalid parameters or centre off the image)" \
+        if res.skipped else ""
+    print(f"wrote {n} {a.to} configurations to {a.directory} ({len(res.files)} files in all)"
+          f"{skipped}")
+    return 0
+
+
 # ---- entry point -------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 success, 2 error, 130 interrupted)."""
@@ -366,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if getattr(args, "func", None) is None:
             raise _UsageError("a command is required (simulate, bank, presets, train, predict, "
-                              "evaluate, demo); see galnet --help")
+                              "fit, evaluate, demo); see galnet --help")
         return int(args.func(args))
     except (_UsageError, GalnetError) as err:
         msg = " ".join(str(err).split())  # one line

@@ -29,7 +29,8 @@ from galnet.flags import Flag
 from galnet.model import GaLNet, decode, load_model, prepare_inputs, sky_rms
 from galnet.render import DEFAULT_CONFIG, psf_transform, render_tensors
 
-__all__ = ["predict_arrays", "predict", "CHI2_RENDER", "catalog_columns"]
+__all__ = ["predict_arrays", "predict", "predict_files", "open_inputs", "catalog_table",
+           "CHI2_RENDER", "catalog_columns"]
 
 #: Renderer accuracy for the chi2nu models: the default (exact) configuration. Cheaper windows
 #: (e.g. ``RenderConfig(window=2, windows=(4, 9))``, 2.7x faster) err by up to ~2% of the peak for
@@ -185,26 +186,35 @@ def predict(stamps, *, model: GaLNet | str | Path | None = None, device="cpu", b
             chi2: bool = True, models_out=None, progress: bool = False):
     """The ``galnet predict`` catalogue (astropy QTable with units) of a
     :class:`galnet.stamps.StampBatch`. Positions and radii are mapped to the input pixels."""
-    from astropy import units as u
-    from astropy.table import QTable
-
     dev = _resolve_device(device)
     if not isinstance(model, GaLNet):
         model = load_model(model, device=dev)
     res = predict_arrays(stamps.images, stamps.psfs, sigma=stamps.sigma, mask=stamps.mask,
                          model=model, device=dev, batch=batch, chi2=chi2, models_out=models_out,
                          progress=progress)
+    flags = np.asarray(stamps.flags, dtype=np.int64).copy()
+    flags |= np.where(out_of_prior(res, model), int(Flag.OUT_OF_PRIOR), 0)
+    flags |= np.where(res["snr"] < LOW_SNR_LIMIT, int(Flag.LOW_SNR), 0)  # NaN (no chi2): no flag
+    return catalog_table(stamps, res, flags, str(model.config.info.get("name", "galnet")))
+
+
+def catalog_table(stamps, res: dict[str, np.ndarray], flags: np.ndarray, model_name: str):
+    """The catalogue (QTable with units) of ``res`` (stamp-pixel parameters and ``_err``,
+    ``chi2nu``, ``snr``) for the stamps of a :class:`galnet.stamps.StampBatch`: positions and
+    radii mapped to the input pixels, ``mag`` from the zeropoint, ``ra``/``dec`` for a frame
+    with a celestial WCS. Shared by ``galnet predict`` and ``galnet fit``."""
+    from astropy import units as u
+    from astropy.table import QTable
+
     k = np.asarray(stamps.rebin, dtype=float)
     x = np.asarray(stamps.x0) + k * res["x"] + (k - 1) / 2
     y = np.asarray(stamps.y0) + k * res["y"] + (k - 1) / 2
     re = k * res["re_pix"]
     zp = float(stamps.zeropoint)
     flux = res["flux"]
-    mag = zp - 2.5 * np.log10(np.where(flux > 0, flux, np.nan))
-    mag_err = 2.5 / math.log(10) * res["flux_err"] / flux
-    flags = np.asarray(stamps.flags, dtype=np.int64).copy()
-    flags |= np.where(out_of_prior(res, model), int(Flag.OUT_OF_PRIOR), 0)
-    flags |= np.where(res["snr"] < LOW_SNR_LIMIT, int(Flag.LOW_SNR), 0)  # NaN (no chi2): no flag
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = zp - 2.5 * np.log10(np.where(flux > 0, flux, np.nan))
+        mag_err = 2.5 / math.log(10) * res["flux_err"] / flux
     scale = float(stamps.pixel_scale)
     t = QTable()
     t["id"] = np.asarray(stamps.ids)
@@ -227,8 +237,8 @@ def predict(stamps, *, model: GaLNet | str | Path | None = None, device="cpu", b
         sky = stamps.wcs.pixel_to_world(x, y)
         t["ra"] = sky.ra.deg * u.deg
         t["dec"] = sky.dec.deg * u.deg
-    t.meta.update({"pixel_scale": scale, "zeropoint": zp, "model": str(model.config.info.get(
-        "name", "galnet")), "flags": {f.name: int(f) for f in Flag}})
+    t.meta.update({"pixel_scale": scale, "zeropoint": zp, "model": model_name,
+                   "flags": {f.name: int(f) for f in Flag}})
     return t
 
 
@@ -262,34 +272,17 @@ def predict_files(
     from astropy.table import vstack
     from tqdm.auto import tqdm
 
-    from galnet.stamps import catalog_format, iter_frame, iter_stamps, write_catalog
+    from galnet.stamps import catalog_format, write_catalog
 
     catalog_format(out)  # unknown suffix: fail before any work
-    if (images is None) == (frame is None):
-        raise GalnetValueError("give either images (stamps) or frame (with positions)", "images")
-    if frame is not None and positions is None:
-        raise GalnetValueError("a frame needs a positions catalogue", "positions")
-    if psf is None:
-        raise GalnetValueError("a PSF is required", "psf")
+    batches = open_inputs(images=images, psf=psf, sigma=sigma, ivar=ivar, mask=mask, frame=frame,
+                          positions=positions, psf_positions=psf_positions,
+                          pixel_scale=pixel_scale, zeropoint=zeropoint, preset=preset,
+                          chunk=chunk)
     dev = _resolve_device(device)
     if not isinstance(model, GaLNet):
         model = load_model(model, device=dev)
     model = model.to(dev).folded()  # once, not per chunk
-    kw = dict(sigma=sigma, ivar=ivar, mask=mask, pixel_scale=pixel_scale, zeropoint=zeropoint,
-              preset=preset, chunk=chunk)
-    if psf_positions is not None and not isinstance(psf_positions, np.ndarray):
-        from galnet.stamps import read_catalog
-
-        t = (read_catalog(psf_positions) if isinstance(psf_positions, str | Path)
-             else psf_positions)
-        try:
-            psf_positions = np.c_[np.asarray(getattr(t["x"], "value", t["x"]), float),
-                                  np.asarray(getattr(t["y"], "value", t["y"]), float)]
-        except KeyError as err:
-            raise GalnetValueError(f"{psf_positions}: psf positions need x and y columns",
-                                   "psf_positions") from err
-    batches = (iter_stamps(images, psf, psf_positions=psf_positions, **kw) if frame is None
-               else iter_frame(frame, positions, psf, **kw))
     writer = _CubeWriter(save_models) if save_models is not None else None
     tables = []
     bar = tqdm(disable=not progress, desc="predict", unit=" stamps")
@@ -313,6 +306,35 @@ def predict_files(
         t["snr"] = np.nan
     write_catalog(t, out)
     return t
+
+
+def open_inputs(*, images=None, psf=None, sigma=None, ivar=None, mask=None, frame=None,
+                positions=None, psf_positions=None, pixel_scale=None, zeropoint=None,
+                preset="hsc-r", chunk: int = 4096, rebin="auto"):
+    """The stamps of ``galnet predict`` / ``galnet fit`` inputs as a
+    :class:`galnet.stamps.StampIterator` of batches (``images``, or ``frame`` with ``positions``;
+    ``psf_positions`` places stamps in their frame for a PSFEx ``psf``)."""
+    from galnet.stamps import iter_frame, iter_stamps, read_catalog
+
+    if (images is None) == (frame is None):
+        raise GalnetValueError("give either images (stamps) or frame (with positions)", "images")
+    if frame is not None and positions is None:
+        raise GalnetValueError("a frame needs a positions catalogue", "positions")
+    if psf is None:
+        raise GalnetValueError("a PSF is required", "psf")
+    kw = dict(sigma=sigma, ivar=ivar, mask=mask, pixel_scale=pixel_scale, zeropoint=zeropoint,
+              preset=preset, chunk=chunk, rebin=rebin)
+    if psf_positions is not None and not isinstance(psf_positions, np.ndarray):
+        t = (read_catalog(psf_positions) if isinstance(psf_positions, str | Path)
+             else psf_positions)
+        try:
+            psf_positions = np.c_[np.asarray(getattr(t["x"], "value", t["x"]), float),
+                                  np.asarray(getattr(t["y"], "value", t["y"]), float)]
+        except KeyError as err:
+            raise GalnetValueError(f"{psf_positions}: psf positions need x and y columns",
+                                   "psf_positions") from err
+    return (iter_stamps(images, psf, psf_positions=psf_positions, **kw) if frame is None
+            else iter_frame(frame, positions, psf, **kw))
 
 
 class _CubeWriter:
