@@ -96,9 +96,8 @@ class FitConfig:
     scale_errors: bool = False
     batch: int = 256
     dtype: str = "float32"
-    render: RenderConfig = field(default=replace(DEFAULT_CONFIG, chunk=128))
-    jac_render: RenderConfig | None = field(
-        default=RenderConfig(window=2, windows=(4, 9), chunk=128))
+    render: RenderConfig = field(default=DEFAULT_CONFIG)
+    jac_render: RenderConfig | None = field(default=RenderConfig(window=2, windows=(4, 9)))
 
 
 DEFAULT_FIT = FitConfig()

@@ -27,7 +27,7 @@ import torch
 from galnet.errors import GalnetValueError
 from galnet.flags import Flag
 from galnet.model import GaLNet, decode, load_model, prepare_inputs, sky_rms
-from galnet.render import DEFAULT_CONFIG, psf_transform, render_tensors
+from galnet.render import DEFAULT_CONFIG, psf_transform, render_grouped, window_sizes
 
 __all__ = ["predict_arrays", "predict", "predict_files", "open_inputs", "catalog_table",
            "CHI2_RENDER", "catalog_columns"]
@@ -147,9 +147,10 @@ def predict_arrays(
         res["noise"][lo:hi] = noise.cpu().numpy()
         if chi2:
             fft = psf1_fft if one_psf else psf_transform(ps, (S, S))
-            mod = render_tensors(d["x"], d["y"], d["flux"], d["re_pix"], d["n"], d["q"],
-                                 torch.deg2rad(d["pa_deg"]), fft, (P, P), (S, S),
-                                 config=CHI2_RENDER)
+            win = window_sizes(*(d[k].cpu().numpy() for k in ("re_pix", "n", "q")), CHI2_RENDER)
+            mod = render_grouped(d["x"], d["y"], d["flux"], d["re_pix"], d["n"], d["q"],
+                                 torch.deg2rad(d["pa_deg"]), fft, (P, P), (S, S), win,
+                                 CHI2_RENDER)
             sig = (noise[:, None, None].expand(B, S, S) if sigma is None
                    else torch.as_tensor(sigma[lo:hi]).to(dev, torch.float32))
             w = torch.ones_like(im) if m is None else (~m).float()

@@ -73,7 +73,8 @@ class RenderConfig:
     growth : ratio of the sizes of successive cells away from the centre. [default: 1.5]
     h_max : largest cell side (pixels). [default: 1/4]
     edge_nodes : Gauss-Legendre nodes per cell edge for the exact integrals. [default: 12]
-    chunk : stamps rendered per batch (bounds memory). [default: 1024]
+    chunk : stamps rendered per batch (bounds memory; 128 is ~1.7x faster than 1024 on a
+        2-core CPU: the temporaries stay in cache). [default: 128]
     """
 
     window: int = 4
@@ -82,7 +83,7 @@ class RenderConfig:
     growth: float = 1.5
     h_max: float = 0.25
     edge_nodes: int = 12
-    chunk: int = 1024
+    chunk: int = 128
 
 
 DEFAULT_CONFIG = RenderConfig()
