@@ -13,6 +13,8 @@ the PSF's, half-light radius, concentration -> n), as a careful user would make 
 - ``nn``: GaLNet alone (``galnet.predict.predict_arrays``).
 - ``fit(moments)``: galnet's batched Levenberg-Marquardt from the moment guesses.
 - ``nn+fit``: the same fit from the network's guesses (``galnet predict --refine``).
+- ``nn+fit, nn prior``: the same, a MAP fit with the network's values and errors (x2) as a
+  Gaussian prior on re, n and the ellipticity (``galnet fit --nn-prior``).
 - ``imfit(moments)``: PyImfit's Levenberg-Marquardt (Imfit's Sérsic: pixel-integrated, convolved
   with the PSF image) from the moment guesses, ``--imfit-procs`` processes of one thread each.
 
@@ -136,9 +138,11 @@ def run_set(name, images, sigma, psfs, truth, zp, args, out_dir) -> dict:
     times["nn"] = time.perf_counter() - t0
     res["nn"] = nn
     cfg = FitConfig(dtype=args.dtype)
-    for label, init in (("fit(moments)", init_m), ("nn+fit", nn)):
+    for label, init, prior in (("fit(moments)", init_m, None), ("nn+fit", nn, None),
+                               ("nn+fit, nn prior", nn, nn)):
         t0 = time.perf_counter()
-        res[label] = fit_arrays(images, psfs, sigma=sigma, mask=mask, init=init, config=cfg)
+        res[label] = fit_arrays(images, psfs, sigma=sigma, mask=mask, init=init, prior=prior,
+                                config=cfg)
         times[label] = time.perf_counter() - t0
     if not args.no_imfit:
         res["imfit(moments)"], times["imfit(moments)"] = run_imfit(images, psfs, sigma, mask,
@@ -163,11 +167,11 @@ def run_set(name, images, sigma, psfs, truth, zp, args, out_dir) -> dict:
         m["fit_gal_per_s"] = N / fit_time
         report["methods"][label] = m
     if "imfit(moments)" in res:
-        for label in ("fit(moments)", "nn+fit"):
+        for label in ("fit(moments)", "nn+fit", "nn+fit, nn prior"):
             report["methods"][label]["chi2_vs_imfit"] = chi2_compare(
                 res[label]["chi2nu"], res["imfit(moments)"]["chi2nu"])
         ti = times["imfit(moments)"]
-        for label in ("fit(moments)", "nn+fit"):
+        for label in ("fit(moments)", "nn+fit", "nn+fit, nn prior"):
             report["methods"][label]["speedup_vs_imfit"] = ti / times[label]
         e2e = times["auto_mask"] + times["nn"] + times["nn+fit"]
         report["end_to_end"] = {"nn+fit_with_mask_s": e2e, "gal_per_s": N / e2e,

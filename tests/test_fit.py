@@ -241,3 +241,34 @@ def test_cli_native_fit_of_a_large_galaxy(tmp_path):
     assert t["converged"][0]
     for k in ("x", "y", "re_pix", "n", "q"):
         assert abs(t[k][0] - p[k]) < 5 * t[f"{k}_err"][0], k
+
+
+def test_prior_makes_a_map_fit():
+    p = profiles(20, seed=31)
+    rng = np.random.default_rng(6)
+    img = render(p, moffat(), (61, 61)) + rng.normal(0, 3.0, (20, 61, 61))
+    sig = np.full_like(img, 3.0)
+    init = perturbed(p, 7, frac=0.05)
+    plain = fit_arrays(img, moffat(), sigma=sig, init=init)
+    # a prior far wider than the data's errors changes nothing
+    wide = {k: p[k] for k in ("re_pix", "n", "q", "pa_deg")}
+    wide.update(re_pix_err=p["re_pix"] * 100, n_err=p["n"] * 100, q_err=np.full(20, 100.0))
+    r = fit_arrays(img, moffat(), sigma=sig, init=init, prior=wide)
+    assert np.all(np.abs(r["re_pix"] - plain["re_pix"]) < 0.05 * plain["re_pix_err"])
+    # a tight prior at the truth pulls the fit onto it and shrinks the errors
+    tight = dict(wide, re_pix_err=p["re_pix"] * 1e-4, n_err=p["n"] * 1e-4,
+                 q_err=np.full(20, 1e-5))
+    r = fit_arrays(img, moffat(), sigma=sig, init=init, prior=tight)
+    assert rel_err(r, p, "re_pix").max() < 1e-3 and rel_err(r, p, "n").max() < 1e-3
+    assert np.all(r["re_pix_err"] < plain["re_pix_err"])
+    assert np.allclose(r["chi2nu"], plain["chi2nu"], rtol=0.05)  # chi2nu stays the data's
+
+
+def test_cli_nn_prior(stamp_files, capsys):
+    d, p = stamp_files
+    args = ["fit", "--images", str(d / "stamps.fits"), "--psf", str(d / "psf.fits"), "-q"]
+    assert main(args + ["--nn-prior", "--out", str(d / "map.ecsv")]) == 0
+    t = Table.read(d / "map.ecsv")
+    assert t["converged"].all() and t.meta["fit"]["nn_prior"]
+    assert main(args + ["--nn-prior", "--init", "moments", "--out", str(d / "x.ecsv")]) == 2
+    assert "init='nn'" in capsys.readouterr().err

@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--gain", type=_positive_float, default=None,
                     help="e-/image unit: add the source's Poisson noise to the weights when "
                          "there is no sigma map")
+    ft.add_argument("--nn-prior", action="store_true",
+                    help="MAP fit: the network's values and errors (x2) as a Gaussian prior on "
+                         "re, n and the ellipticity (with --init nn)")
     ft.add_argument("--native", action="store_true",
                     help="fit each input image whole at its own pixels (no crop, no rebinning)")
     ft.add_argument("--scale-errors", action="store_true",
@@ -421,7 +424,7 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     cfg = FitConfig(scale_errors=a.scale_errors, dtype=a.dtype)
     t0 = time.perf_counter()
     t = fit_files(a.out, init=a.init, sky=a.sky, auto_mask_neighbours=not a.no_auto_mask,
-                  gain=a.gain, config=cfg, native=a.native, **kw)
+                  gain=a.gain, config=cfg, native=a.native, nn_prior=a.nn_prior, **kw)
     _report(t, a.out, time.perf_counter() - t0)
     return 0
 

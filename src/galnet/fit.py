@@ -82,6 +82,8 @@ class FitConfig:
     dtype : "float32" (default: about 3x faster on CPU) or "float64". In float32 chi2 is known
         to ~5e-7 of itself, so very bright sources (chi2 >~ 1e5) stop up to ~0.3 sigma from the
         float64 minimum: use float64 for them.
+    prior_scale : width of a prior (``fit_arrays(prior=...)``) in units of its given errors
+        (the network's errors are calibrated on its training set: wide). [default: 2]
     render : renderer accuracy for the model. [default: exact]
     jac_render : cheaper renderer for the finite-difference Jacobian (it steers the steps and
         gives the errors, not the minimum) [default: windows 2-9 px, ~2.7x faster]; None: render.
@@ -96,6 +98,7 @@ class FitConfig:
     scale_errors: bool = False
     batch: int = 256
     dtype: str = "float32"
+    prior_scale: float = 2.0
     render: RenderConfig = field(default=DEFAULT_CONFIG)
     jac_render: RenderConfig | None = field(default=RenderConfig(window=2, windows=(4, 9)))
 
@@ -151,8 +154,9 @@ def _project(u: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, emax: float) -
 class _Problem:
     """Data, weights, PSF transforms and render settings of one batch of stamps."""
 
-    def __init__(self, data, wt, psf, shape, sky: bool, cfg: FitConfig):
+    def __init__(self, data, wt, psf, shape, sky: bool, cfg: FitConfig, prior=None):
         self.data, self.wt = data, wt  # (B, H, W); wt = 1/sigma, 0 where masked
+        self.prior = prior  # None or (mu, ivar): (B, npar) float64 Gaussian prior on u
         self.psf_shape = tuple(psf.shape[-2:])
         self.fft = psf_transform(psf, shape)
         self.shared = psf.shape[0] == 1
@@ -250,6 +254,14 @@ def _lm(prob: _Problem, u0: torch.Tensor, lo, hi, emax: float):
     J = prob.jacobian(u, allidx, win, m)
     A = torch.bmm(J.transpose(1, 2), J).double()
     g = torch.bmm(J.transpose(1, 2), r[..., None])[..., 0].double()
+    mu, ivar = prob.prior if prob.prior is not None else (None, None)
+
+    def penalty(uu: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The prior's chi2 contribution (0 without a prior)."""
+        if mu is None:
+            return torch.zeros(len(idx), dtype=torch.float64, device=dev)
+        return (ivar[idx] * (uu.double() - mu[idx]) ** 2).sum(1)
+
     lam = torch.full((B,), cfg.lam0, dtype=torch.float64, device=dev)
     niter = torch.zeros(B, dtype=torch.long, device=dev)
     converged = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -261,6 +273,9 @@ def _lm(prob: _Problem, u0: torch.Tensor, lo, hi, emax: float):
         if len(ia) == 0:
             break
         Aa, ga, ua = A[ia], g[ia], u[ia].double()
+        if mu is not None:  # MAP: the Gaussian prior adds to the normal equations
+            Aa = Aa + torch.diag_embed(ivar[ia])
+            ga = ga + ivar[ia] * (mu[ia] - ua)
         # freeze parameters held on a bound by the gradient (the descent direction is +g)
         free = torch.ones_like(ga, dtype=torch.bool)
         held = ((ua[:, :5] <= lo5) & (ga[:, :5] < 0)) | ((ua[:, :5] >= hi5) & (ga[:, :5] > 0))
@@ -290,8 +305,9 @@ def _lm(prob: _Problem, u0: torch.Tensor, lo, hi, emax: float):
         ia_np = ia.cpu().numpy()
         rt, mt = prob.residual(ut, ia, win[ia_np])
         c2 = (rt.double() ** 2).sum(1)
-        acc = torch.isfinite(c2) & (c2 < chi2[ia])
-        drop = chi2[ia] - c2
+        obj_old, obj_new = chi2[ia] + penalty(u[ia], ia), c2 + penalty(ut, ia)
+        acc = torch.isfinite(c2) & (obj_new < obj_old)
+        drop = obj_old - obj_new
         small = acc & ((drop < cfg.ftol * chi2[ia]) | ((drop < cfg.dchi2) & (lam[ia] < 1.0)))
         niter[ia] += 1
         lam[ia] = torch.where(acc, (lam[ia] / 3).clamp_min(1e-9), lam[ia] * 8)
@@ -317,6 +333,8 @@ def _lm(prob: _Problem, u0: torch.Tensor, lo, hi, emax: float):
             Jj = prob.jacobian(u[ja], ja, wj, mj)
             A[ja] = torch.bmm(Jj.transpose(1, 2), Jj).double()
             g[ja] = torch.bmm(Jj.transpose(1, 2), rj[..., None])[..., 0].double()
+    if mu is not None:
+        A = A + torch.diag_embed(ivar)  # the posterior's curvature: errors include the prior
     return u, A, chi2, niter, converged
 
 
@@ -390,6 +408,7 @@ def fit_arrays(
     init: dict | None = None,
     sky: str = "none",
     gain: float | None = None,
+    prior: dict | None = None,
     device: str | torch.device | None = "cpu",
     config: FitConfig = DEFAULT_FIT,
     progress: bool = False,
@@ -407,6 +426,10 @@ def fit_arrays(
     init : initial parameters (``x, y, flux, re_pix, n, q, pa_deg`` arrays of length N, stamp
         pixels) [default: :func:`moments_init`].
     sky : ``"none"`` or ``"flat"`` (fit a constant background too).
+    prior : optional Gaussian prior (a MAP fit): ``re_pix, n, q`` and their ``_err`` arrays,
+        e.g. the network's predictions; it acts on ``ln re``, ``ln n`` and ``(e1, e2)`` with
+        widths ``FitConfig.prior_scale`` x the given errors. ``chi2nu`` stays that of the data;
+        the errors become the posterior's.
     device : torch device.   config : :class:`FitConfig`.
 
     Returns
@@ -449,7 +472,8 @@ def fit_arrays(
         e = min(N, s + config.batch)
         tt = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dt, device=dev)  # noqa: E731
         ps = psfs if psfs.shape[0] == 1 else psfs[s:e]
-        prob = _Problem(tt(data[s:e]), tt(wt[s:e]), tt(ps), (H, W), fitsky, config)
+        pr = None if prior is None else _prior_arrays(prior, slice(s, e), npar, dev)
+        prob = _Problem(tt(data[s:e]), tt(wt[s:e]), tt(ps), (H, W), fitsky, config, pr)
         u0 = u0_all[s:e]
         if fitsky:
             u0 = np.c_[u0, np.zeros(e - s)]
@@ -458,6 +482,31 @@ def fit_arrays(
         _collect(out, slice(s, e), u, A, chi2, niter, conv, nfree, npar, lo, hi, emax, prob,
                  config)
     return out
+
+
+def _prior_arrays(prior: dict, sl: slice, npar: int, dev) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, 1/sigma^2) of a Gaussian prior in internal coordinates for the stamps ``sl``."""
+    def col(k):
+        return np.asarray(getattr(prior[k], "value", prior[k]), float)[sl]
+
+    scale = DEFAULT_FIT.prior_scale if "scale" not in prior else float(prior["scale"])
+    re, n, q = col("re_pix"), col("n"), np.clip(col("q"), 1e-3, 1.0)
+    B = len(re)
+    mu = np.zeros((B, npar))
+    ivar = np.zeros((B, npar))
+    mu[:, 3], mu[:, 4] = np.log(re), np.log(n)
+    e = _e_of_q(q)
+    t = 2 * np.deg2rad(col("pa_deg")) if "pa_deg" in prior else np.zeros(B)
+    mu[:, 5], mu[:, 6] = e * np.cos(t), e * np.sin(t)
+    s_re = scale * col("re_pix_err") / re
+    s_n = scale * col("n_err") / n
+    s_e = scale * 2 * col("q_err") / (1 + q) ** 2
+    for j, sg in ((3, s_re), (4, s_n), (5, s_e), (6, s_e)):
+        ok = np.isfinite(sg) & (sg > 0)
+        ivar[:, j] = np.where(ok, 1.0 / np.where(ok, sg, 1.0) ** 2, 0.0)
+        mu[:, j] = np.where(np.isfinite(mu[:, j]), mu[:, j], 0.0)
+    return (torch.as_tensor(mu, dtype=torch.float64, device=dev),
+            torch.as_tensor(ivar, dtype=torch.float64, device=dev))
 
 
 def _check_init(init: dict[str, np.ndarray]) -> None:
@@ -777,8 +826,8 @@ def _first_guess(stamps, init, **kw):
     from galnet.predict import catalog_table
 
     start = _start(stamps, init, kw.get("model"), kw.get("device", "cpu"))[0]
-    res = dict(start, **{f"{k}_err": np.full(len(stamps), np.nan) for k in FIT_KEYS},
-               chi2nu=np.full(len(stamps), np.nan), snr=np.full(len(stamps), np.nan))
+    res = {**{f"{k}_err": np.full(len(stamps), np.nan) for k in FIT_KEYS}, **start,
+           "chi2nu": np.full(len(stamps), np.nan), "snr": np.full(len(stamps), np.nan)}
     return catalog_table(stamps, res, np.asarray(stamps.flags), "init")
 
 
@@ -793,7 +842,8 @@ def _start(stamps, init, model, device) -> tuple[dict[str, np.ndarray], str]:
             model = load_model(model, device=device)
         p = predict_arrays(stamps.images, stamps.psfs, sigma=stamps.sigma, mask=stamps.mask,
                            model=model, device=device, chi2=False)
-        return {k: p[k] for k in FIT_KEYS}, f"nn ({model.config.info.get('name', 'galnet')})"
+        keys = (*FIT_KEYS, *(f"{k}_err" for k in FIT_KEYS))
+        return {k: p[k] for k in keys}, f"nn ({model.config.info.get('name', 'galnet')})"
     if isinstance(init, str) and init == "moments":
         return moments_init(stamps.images, stamps.psfs, mask=stamps.mask,
                             sigma=stamps.sigma), "moments"
@@ -802,7 +852,7 @@ def _start(stamps, init, model, device) -> tuple[dict[str, np.ndarray], str]:
 
 def fit(stamps, *, init="nn", sky: str = "none", auto_mask_neighbours: bool = True,
         gain: float | None = None, model=None, device="cpu", config: FitConfig = DEFAULT_FIT,
-        progress: bool = False):
+        nn_prior: bool = False, progress: bool = False):
     """The ``galnet fit`` catalogue (QTable with units) of a :class:`galnet.stamps.StampBatch`.
 
     ``init``: ``"nn"`` (GaLNet, the default), ``"moments"`` (:func:`moments_init`), or a
@@ -811,6 +861,8 @@ def fit(stamps, *, init="nn", sky: str = "none", auto_mask_neighbours: bool = Tr
     source's Poisson noise to the weights when the stamps have no sigma map. Columns: those of
     ``galnet predict`` (``chi2nu``, ``snr`` of the fitted model), then ``niter``, ``converged``
     and, with ``sky="flat"``, ``sky``, ``sky_err``; flags ``FIT_NOT_CONVERGED``, ``BOUND_HIT``.
+    ``nn_prior`` (with ``init="nn"``): a MAP fit, the network's ``re_pix, n, q, pa_deg`` and
+    errors as a Gaussian prior (``fit_arrays(prior=...)``).
     """
     from galnet.flags import Flag
     from galnet.predict import LOW_SNR_LIMIT, catalog_table
@@ -818,6 +870,8 @@ def fit(stamps, *, init="nn", sky: str = "none", auto_mask_neighbours: bool = Tr
     has_map = any(k in stamps.meta for k in ("sigma", "ivar"))
     sigma = stamps.sigma if (has_map or gain is None) else None
     start, name = _start(stamps, init, model, device)
+    if nn_prior and not name.startswith("nn"):
+        raise GalnetValueError("the network prior needs init='nn'", "nn_prior")
     mask = stamps.mask
     if auto_mask_neighbours:
         mask = auto_mask(stamps.images, stamps.sigma, stamps.mask,
@@ -830,9 +884,12 @@ def fit(stamps, *, init="nn", sky: str = "none", auto_mask_neighbours: bool = Tr
     if usable.any():
         sel = np.flatnonzero(usable)
         psfs = stamps.psfs if len(stamps.psfs) == 1 else stamps.psfs[sel]
+        prior = ({k: np.asarray(v)[sel] for k, v in start.items()} if nn_prior else None)
         r = fit_arrays(stamps.images[sel], psfs, sigma=None if sigma is None else sigma[sel],
-                       mask=mask[sel], init={k: np.asarray(v)[sel] for k, v in start.items()},
-                       sky=sky, gain=gain, device=device, config=config, progress=progress)
+                       mask=mask[sel], init={k: np.asarray(v)[sel] for k, v in start.items()
+                                             if k in FIT_KEYS},
+                       sky=sky, gain=gain, prior=prior, device=device, config=config,
+                       progress=progress)
         for k, v in r.items():
             res[k][sel] = v
     flags = np.asarray(stamps.flags, dtype=np.int64).copy()
@@ -845,7 +902,8 @@ def fit(stamps, *, init="nn", sky: str = "none", auto_mask_neighbours: bool = Tr
     if sky == "flat":
         t["sky"] = res["sky"]
         t["sky_err"] = res["sky_err"]
-    t.meta["fit"] = {"init": name, "sky": sky, "auto_mask": bool(auto_mask_neighbours),
+    t.meta["fit"] = {"init": name, "sky": sky, "nn_prior": bool(nn_prior),
+                     "auto_mask": bool(auto_mask_neighbours),
                      "scale_errors": bool(config.scale_errors), "dtype": config.dtype}
     return t
 
@@ -855,13 +913,14 @@ def fit_files(out, *, images=None, psf=None, sigma=None, ivar=None, mask=None, f
               zeropoint: float | None = None, preset: str = "hsc-r", init="nn",
               sky: str = "none", auto_mask_neighbours: bool = True, gain: float | None = None,
               model=None, device: str | None = "cpu", chunk: int = 1024,
-              config: FitConfig = DEFAULT_FIT, native: bool = False, progress: bool = True):
+              config: FitConfig = DEFAULT_FIT, native: bool = False, nn_prior: bool = False,
+              progress: bool = True):
     """``galnet fit`` (and ``galnet predict --refine``): the inputs of ``galnet predict`` ->
     catalogue ``out`` (.ecsv / .fits / .parquet, written atomically), ``chunk`` stamps at a
     time. See :func:`fit` for ``init``, ``sky``, ``auto_mask_neighbours``, ``gain``.
     ``native=True`` (``images`` only) fits each input image whole, at its own pixels (no
     cropping, no rebinning; e.g. a galaxy far bigger than 61x61), started from ``init`` computed
-    on the usual stamps. Returns the catalogue (QTable)."""
+    on the usual stamps. ``nn_prior``: see :func:`fit`. Returns the catalogue (QTable)."""
     from astropy.table import vstack
     from tqdm.auto import tqdm
 
@@ -900,7 +959,8 @@ def fit_files(out, *, images=None, psf=None, sigma=None, ivar=None, mask=None, f
     try:
         for b in batches:
             tables.append(fit(b, init=init, sky=sky, auto_mask_neighbours=auto_mask_neighbours,
-                              gain=gain, model=model, device=device, config=config))
+                              gain=gain, model=model, device=device, config=config,
+                              nn_prior=nn_prior))
             bar.update(len(b))
     finally:
         bar.close()
