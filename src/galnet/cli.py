@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--scale-errors", action="store_true",
                     help="multiply the covariance errors by sqrt(chi2nu)")
     ft.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                    help="precision of the fit [float32; float64 is ~3x slower]")
+                    help="precision of the fit [float32; float64 renders ~2x slower]")
     ft.add_argument("--model", default=None, help="weights for --init nn [shipped hsc-r model]")
     ft.add_argument("--out", required=True, help="output catalogue (.ecsv, .fits or .parquet)")
     ft.add_argument("--device", default="cpu", help="cpu, cuda or auto [cpu]")

@@ -79,14 +79,15 @@ class FitConfig:
         float32 uses ``fd_step32``.
     scale_errors : multiply the covariance errors by sqrt(chi2nu). [default: False]
     batch : stamps fitted together (bounds memory). [default: 256]
-    dtype : "float32" (default: about 3x faster on CPU) or "float64". In float32 chi2 is known
-        to ~5e-7 of itself, so very bright sources (chi2 >~ 1e5) stop up to ~0.3 sigma from the
-        float64 minimum: use float64 for them.
+    dtype : "float32" (default: renders ~2x faster on CPU, docs/benchmarks.md) or "float64".
+        In float32 chi2 is known to ~5e-7 of itself, so very bright sources (chi2 >~ 1e5) stop a
+        fraction of a sigma from the float64 minimum (benchmarks/gama_galaxies.py): use float64
+        for them.
     prior_scale : width of a prior (``fit_arrays(prior=...)``) in units of its given errors
         (the network's errors are calibrated on its training set: wide). [default: 2]
     render : renderer accuracy for the model. [default: exact]
     jac_render : cheaper renderer for the finite-difference Jacobian (it steers the steps and
-        gives the errors, not the minimum) [default: windows 2-9 px, ~2.7x faster]; None: render.
+        gives the errors, not the minimum) [default: windows 2-9 px]; None: render.
     """
 
     max_iter: int = 60
@@ -462,11 +463,7 @@ def fit_arrays(
     u0_all[:, :5] = np.clip(u0_all[:, :5], lo_np, hi_np)
     fitsky = sky == "flat"
     npar = _NPAR + int(fitsky)
-    out = {k: np.full(N, np.nan) for k in (*FIT_KEYS, *(f"{k}_err" for k in FIT_KEYS), "sky",
-                                            "sky_err", "chi2nu", "snr")}
-    out["niter"] = np.zeros(N, np.int64)
-    out["converged"] = np.zeros(N, bool)
-    out["bound"] = np.zeros(N, bool)
+    out = _empty_result(N)
     for s in tqdm(range(0, N, config.batch), disable=not progress, desc="fit",
                   unit_scale=config.batch):
         e = min(N, s + config.batch)
@@ -507,6 +504,14 @@ def _prior_arrays(prior: dict, sl: slice, npar: int, dev) -> tuple[torch.Tensor,
         mu[:, j] = np.where(np.isfinite(mu[:, j]), mu[:, j], 0.0)
     return (torch.as_tensor(mu, dtype=torch.float64, device=dev),
             torch.as_tensor(ivar, dtype=torch.float64, device=dev))
+
+
+def _empty_result(N: int) -> dict[str, np.ndarray]:
+    """The result arrays of :func:`fit_arrays` for N stamps, before any fit (NaN, 0, False)."""
+    out = {k: np.full(N, np.nan) for k in (*FIT_KEYS, *(f"{k}_err" for k in FIT_KEYS), "sky",
+                                            "sky_err", "chi2nu", "snr")}
+    out.update(niter=np.zeros(N, np.int64), converged=np.zeros(N, bool), bound=np.zeros(N, bool))
+    return out
 
 
 def _check_init(init: dict[str, np.ndarray]) -> None:
@@ -575,9 +580,7 @@ def fisher_errors(params: dict, psfs, sigma, shape: tuple[int, int], *, mask=Non
     _, wt = _weights(np.zeros((N, *shape)), sig, mask, None)
     dt = {"float64": torch.float64, "float32": torch.float32}[config.dtype]
     lo_np, hi_np, emax = _bounds(shape)
-    out = {k: np.full(N, np.nan) for k in (*FIT_KEYS, *(f"{k}_err" for k in FIT_KEYS), "sky",
-                                            "sky_err", "chi2nu", "snr")}
-    out.update(niter=np.zeros(N, np.int64), converged=np.zeros(N, bool), bound=np.zeros(N, bool))
+    out = _empty_result(N)
     for s in range(0, N, config.batch):
         e = min(N, s + config.batch)
         tt = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dt)  # noqa: E731
@@ -601,7 +604,7 @@ def fisher_errors(params: dict, psfs, sigma, shape: tuple[int, int], *, mask=Non
 # ----------------------------------------------------------------------------------------------
 def _segments(image: np.ndarray, sigma: np.ndarray, ignore: np.ndarray, nsigma: float,
               npixels: int, deblend: bool):
-    """photutils segmentation of one stamp (smoothed by a 3x3 box): label array or None."""
+    """photutils segmentation of one stamp: (label array or None, the 3x3-box-smoothed stamp)."""
     from photutils.segmentation import deblend_sources, detect_sources
     from scipy import ndimage
 
@@ -609,7 +612,7 @@ def _segments(image: np.ndarray, sigma: np.ndarray, ignore: np.ndarray, nsigma: 
     noise = np.where(ignore, np.inf, sigma) / 3.0  # rms of a 3x3 mean of white noise
     seg = detect_sources(sm, nsigma * noise, npixels, mask=ignore)
     if seg is None:
-        return None
+        return None, sm
     if deblend and seg.n_labels >= 1:
         H, W = image.shape
         lab = _central_label(seg.data, sm, (W - 1) / 2, (H - 1) / 2)
@@ -620,7 +623,7 @@ def _segments(image: np.ndarray, sigma: np.ndarray, ignore: np.ndarray, nsigma: 
                     seg = deblend_sources(sm, seg, npixels, labels=[lab], progress_bar=False)
             except ValueError:
                 pass
-    return seg.data
+    return seg.data, sm
 
 
 def _central_label(labels: np.ndarray, sm: np.ndarray, x: float, y: float) -> int:
@@ -656,10 +659,9 @@ def auto_mask(images, sigma, mask=None, *, centre=None, nsigma: float = 1.5, npi
     cy = np.full(N, (H - 1) / 2) if centre is None else np.broadcast_to(centre[1], (N,))
     st = ndimage.generate_binary_structure(2, 2)
     for i in range(N):
-        lab = _segments(images[i], sig[i], ign[i], nsigma, npixels, True)
+        lab, sm = _segments(images[i], sig[i], ign[i], nsigma, npixels, True)
         if lab is None:
             continue
-        sm = ndimage.uniform_filter(np.where(ign[i], 0.0, images[i]), 3)
         t = _central_label(lab, sm, cx[i], cy[i])
         other = (lab > 0) & (lab != t)
         if other.any():
@@ -729,14 +731,12 @@ def moments_init(images, psfs, *, mask=None, sigma=None, nsigma: float = 1.5) ->
     for i in range(N):
         j = min(i, len(psfs) - 1)
         img = np.where(ign[i], 0.0, images[i])
-        lab = _segments(img, sig[i], ign[i], nsigma, 5, True)
+        lab, sm = _segments(img, sig[i], ign[i], nsigma, 5, True)
         near = ~ign[i] & (np.hypot(xx - (W - 1) / 2, yy - (H - 1) / 2) < 5)
         if lab is None:
             sel = near
         else:
-            from scipy import ndimage
-
-            t = _central_label(lab, ndimage.uniform_filter(img, 3), (W - 1) / 2, (H - 1) / 2)
+            t = _central_label(lab, sm, (W - 1) / 2, (H - 1) / 2)
             sel = lab == t if t else near
         w = np.where(sel, np.maximum(img, 0.0), 0.0)
         tot = w.sum()
@@ -877,10 +877,7 @@ def fit(stamps, *, init="nn", sky: str = "none", auto_mask_neighbours: bool = Tr
         mask = auto_mask(stamps.images, stamps.sigma, stamps.mask,
                          centre=(start["x"], start["y"]))
     usable = (~mask).any(axis=(1, 2))
-    res = {k: np.full(len(stamps), np.nan) for k in (*FIT_KEYS, *(f"{k}_err" for k in FIT_KEYS),
-                                                     "sky", "sky_err", "chi2nu", "snr")}
-    res.update(niter=np.zeros(len(stamps), np.int64), converged=np.zeros(len(stamps), bool),
-               bound=np.zeros(len(stamps), bool))
+    res = _empty_result(len(stamps))
     if usable.any():
         sel = np.flatnonzero(usable)
         psfs = stamps.psfs if len(stamps.psfs) == 1 else stamps.psfs[sel]

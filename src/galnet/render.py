@@ -73,8 +73,8 @@ class RenderConfig:
     growth : ratio of the sizes of successive cells away from the centre. [default: 1.5]
     h_max : largest cell side (pixels). [default: 1/4]
     edge_nodes : Gauss-Legendre nodes per cell edge for the exact integrals. [default: 12]
-    chunk : stamps rendered per batch (bounds memory; 128 is ~1.7x faster than 1024 on a
-        2-core CPU: the temporaries stay in cache). [default: 128]
+    chunk : stamps rendered per batch (bounds memory; small chunks keep the temporaries in
+        cache, faster on CPUs). [default: 128]
     """
 
     window: int = 4
@@ -89,8 +89,8 @@ class RenderConfig:
 DEFAULT_CONFIG = RenderConfig()
 
 # Subnormal floats (below 1e-38 in float32) reach the far wings of steep profiles; x86 CPUs do
-# arithmetic on them ~100x slower, which made float32 rendering 5x slower than float64. They
-# are ~1e-38 of the peak: galnet flushes them to zero (as GPUs do) for the whole process.
+# arithmetic on them very slowly, which made float32 rendering slower than float64. They are
+# ~1e-38 of the peak: galnet flushes them to zero (as GPUs do) for the whole process.
 torch.set_flush_denormal(True)
 
 
