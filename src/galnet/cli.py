@@ -10,6 +10,7 @@ Commands::
     galnet predict --frame IMAGE.fits --positions CAT --psf PSF --out CAT.fits
     galnet evaluate --pred CAT --truth TRUTH(.h5|.ecsv) --out REPORT/
     galnet demo [--out-dir galnet-demo] [-n 2000]
+    galnet translate simulate|train|apply|evaluate ...   (docs/translation.md)
 
 Errors (any :class:`galnet.GalnetError` and bad arguments) print one line
 ``galnet: error: <message>`` on stderr and exit with status 2, without a traceback.
@@ -260,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-gallery", action="store_true", help="no residual gallery")
     ev.set_defaults(func=_cmd_evaluate)
 
+    _add_translate(sub)
+
     ex = sub.add_parser("export", help="write GALFIT feedme or Imfit config files of a catalogue",
                         description="One GALFIT feedme (+ constraints) or Imfit configuration per "
                                     "catalogue row, started from its parameters, conventions "
@@ -290,6 +293,124 @@ def _missing(parser: argparse.ArgumentParser, message: str) -> int:
 
 
 # ---- commands ----------------------------------------------------------------------------------
+def _add_translate(sub) -> None:
+    """``galnet translate simulate|train|apply|evaluate`` (docs/translation.md)."""
+    from galnet.translate.losses import LOSSES  # light: no model code runs at import
+
+    tr = sub.add_parser("translate", help="survey-to-survey image translation (SDSS -> CFHTLS)")
+    tsub = tr.add_subparsers(dest="translate_command", metavar="ACTION", parser_class=_Parser)
+    tr.set_defaults(func=lambda a: _missing(tr, "an action is required "
+                                                "(simulate, train, apply, evaluate)"))
+
+    s = tsub.add_parser("simulate", help="paired multi-band images of the same galaxies",
+                        description="Bulge + disk + knots galaxies with CWW SEDs through real "
+                                    "filter curves, seen by two domains (translation.toml).")
+    s.add_argument("-n", "--n", type=_positive_int, required=True, help="number of galaxies")
+    s.add_argument("--out", required=True, type=Path, help="output HDF5 file")
+    s.add_argument("--source", default="sdss", help="source domain [sdss]")
+    s.add_argument("--target", default="cfhtls", help="target domain [cfhtls]")
+    s.add_argument("--seed", type=_nonneg_int, default=0, help="random seed [0]")
+    s.add_argument("--chunk", type=_positive_int, default=128, help="galaxies per batch [128]")
+    s.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_translate_simulate)
+
+    t = tsub.add_parser("train", help="train a translator on a paired file",
+                        description="U-Net translator trained with the pixel, gradient or "
+                                    "gradient-flow loss (galnet.translate.train).")
+    t.add_argument("--data", required=True, type=Path, help="paired HDF5 file (simulate)")
+    t.add_argument("--out", required=True, type=Path, help="output weights (.safetensors)")
+    t.add_argument("--loss", choices=LOSSES, default="gradient-flow", help="[gradient-flow]")
+    t.add_argument("--conditioning", choices=("none", "zspec"), default="none", help="[none]")
+    t.add_argument("--fraction", type=_fraction, default=1.0, help="share of the pairs [1]")
+    t.add_argument("--steps", type=_positive_int, default=3000, help="optimizer steps [3000]")
+    t.add_argument("--batch", type=_positive_int, default=16, help="pairs per step [16]")
+    t.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate [1e-3]")
+    t.add_argument("--width", type=_positive_int, default=24, help="U-Net base channels [24]")
+    t.add_argument("--n-val", type=_positive_int, default=256, help="validation pairs [256]")
+    t.add_argument("--val-every", type=_positive_int, default=250, help="[250]")
+    t.add_argument("--seed", type=_nonneg_int, default=0, help="random seed [0]")
+    t.add_argument("--device", default="cpu", help="torch device [cpu]")
+    t.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_cmd_translate_train)
+
+    ap = tsub.add_parser("apply", help="translate source stamps -> target-domain FITS cube",
+                         description="Translate a FITS cube (N, C, S, S) of source stamps "
+                                     "(nanomaggies) or a paired file's source images.")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", type=Path, help="FITS cube of source stamps")
+    src.add_argument("--data", type=Path, help="paired HDF5 file: translate its source images")
+    ap.add_argument("--out", required=True, type=Path, help="output FITS cube")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="translator weights [the shipped SDSS -> CFHTLS model]")
+    ap.add_argument("--zspec", type=float, nargs="+", default=None,
+                    help="redshift(s) for a z_spec-conditioned model (one or one per stamp)")
+    ap.add_argument("--device", default="cpu", help="torch device [cpu]")
+    ap.set_defaults(func=_cmd_translate_apply)
+
+    ev = tsub.add_parser("evaluate", help="photo-z, colour, structure and pixel probes",
+                         description="Evaluate translations of a simulated test file against "
+                                     "its true target images.")
+    ev.add_argument("--data", required=True, type=Path, help="paired HDF5 test file")
+    ev.add_argument("--pred", type=Path, default=None,
+                    help="translated FITS cube (apply) [default: translate with --model]")
+    ev.add_argument("--model", type=Path, default=None, help="translator [the shipped one]")
+    ev.add_argument("--photoz", type=Path, default=None,
+                    help="photo-z probe for target images [the shipped CFHTLS probe]")
+    ev.add_argument("--structure-rows", type=_nonneg_int, default=200,
+                    help="galaxies fitted by the structure probe [200]")
+    ev.add_argument("--out", required=True, type=Path, help="output folder")
+    ev.set_defaults(func=_cmd_translate_evaluate)
+
+
+def _cmd_translate_simulate(a: argparse.Namespace) -> int:
+    from galnet.translate.simulate import simulate_pairs
+
+    t0 = time.perf_counter()
+    out = simulate_pairs(a.out, a.n, source=a.source, target=a.target, seed=a.seed,
+                         chunk=a.chunk, threads=a.threads, progress=not a.quiet)
+    print(f"wrote {a.n} pairs ({a.source} -> {a.target}) to {out} in "
+          f"{time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _cmd_translate_train(a: argparse.Namespace) -> int:
+    from galnet.translate.simulate import read_pairs
+    from galnet.translate.train import TranslatorTrainConfig, train_translator
+
+    cfg = TranslatorTrainConfig(loss=a.loss, conditioning=a.conditioning, fraction=a.fraction,
+                                steps=a.steps, batch=a.batch, lr=a.lr, width=a.width,
+                                n_val=a.n_val, val_every=a.val_every, seed=a.seed,
+                                device=a.device, threads=a.threads)
+    s = train_translator(read_pairs(a.data), cfg, a.out, progress=not a.quiet)
+    print(f"wrote {a.out}: {s['steps']} steps on {s['n_train']} pairs, best validation loss "
+          f"{s['best_val_loss']:.4g} (step {s['best_step']}), {s['wall_s']:.0f} s")
+    return 0
+
+
+def _cmd_translate_apply(a: argparse.Namespace) -> int:
+    from galnet.translate.apply import translate_file
+
+    zspec = None if a.zspec is None else (a.zspec[0] if len(a.zspec) == 1 else a.zspec)
+    out = translate_file(a.out, images=a.images, pairs=a.data, model=a.model, zspec=zspec,
+                         device=a.device)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_translate_evaluate(a: argparse.Namespace) -> int:
+    from galnet.translate.apply import evaluate_file
+
+    rec = evaluate_file(a.out, pairs=a.data, pred=a.pred, model=a.model, photoz=a.photoz,
+                        structure_rows=a.structure_rows)
+    for name, r in rec.items():
+        print(f"{name:>10}: photo-z sigma_MAD {r['sigma_mad']:.4f} outliers {r['outlier']:.3f}"
+              f"  colour err {r['colour_err']:.3f} mag  d_re {r['d_re']:.3f}  d_n {r['d_n']:.3f}")
+    print(f"wrote {a.out / 'metrics.json'}")
+    return 0
+
+
 def _cmd_simulate(a: argparse.Namespace) -> int:
     from galnet.simulate import simulate
 
@@ -471,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if getattr(args, "func", None) is None:
             raise _UsageError("a command is required (simulate, bank, presets, train, predict, "
-                              "fit, evaluate, demo); see galnet --help")
+                              "fit, evaluate, export, translate, demo); see galnet --help")
         return int(args.func(args))
     except (_UsageError, GalnetError) as err:
         msg = " ".join(str(err).split())  # one line
