@@ -264,3 +264,21 @@ def test_evaluate_translation(pairs):
         evaluate_translation(pairs.source, pairs, photoz)
     with pytest.raises(GalnetValueError, match="reference_fit has 3 rows"):
         evaluate_translation(pred, pairs, photoz, structure_rows=4, reference_fit=ref)
+
+
+def test_flux_metrics():
+    from galnet.translate.evaluate import flux_metrics
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((3, 2, 20, 20))
+    truth[:, :, 8:12, 8:12] = 5.0
+    sky = np.array([1.0, 2.0])
+    m = flux_metrics(truth, truth, sky)
+    assert m["flux_err"] == 0 and m["total_colour_err"] == 0 and m["sky_rms"] == 0
+    noisy = truth + sky[None, :, None, None] * rng.standard_normal(truth.shape)
+    assert flux_metrics(noisy, truth, sky)["sky_rms"] == pytest.approx(1.0, rel=0.1)
+    scaled = truth.copy()
+    scaled[:, 0] *= 1.2  # band 0 20% too bright: flux error 0.2 in half the bands
+    m = flux_metrics(scaled, truth, sky)
+    assert m["flux_err"] == pytest.approx(0.1, abs=0.1 + 1e-9)
+    assert m["total_colour_err"] > 0.15

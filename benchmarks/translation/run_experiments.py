@@ -188,8 +188,8 @@ def _reference_records(a: dict) -> list[dict]:
 
 def _table(records: list[dict]) -> str:
     cols = ("loss", "conditioning", "fraction", "sigma_mad", "preservation", "gain_vs_pixel",
-            "bias", "outlier", "pz_width", "colour_err", "colour_grad_err", "d_re", "d_n",
-            "d_mag", "mse", "ssim")
+            "bias", "outlier", "pz_width", "colour_err", "colour_grad_err", "flux_err",
+            "total_colour_err", "sky_rms", "d_re", "d_n", "d_mag", "mse", "ssim")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in records:
         cells = []

@@ -82,6 +82,7 @@ __all__ = [
     "pixel_metrics",
     "evaluate_translation",
     "RECORD_KEYS",
+    "flux_metrics",
 ]
 
 #: Photo-z outlier threshold on ``|dz| = |z_phot - z_true| / (1 + z_true)``.
@@ -94,7 +95,8 @@ PROFILE_RADII = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 _GRADIENT_RADII = (0.0, 0.5, 1.0, 2.0)
 #: Keys of the record of :func:`evaluate_translation`, in order.
 RECORD_KEYS = ("n", "sigma_mad", "bias", "outlier", "pz_width", "colour_err", "colour_grad_err",
-               "d_re", "d_n", "d_mag", "n_structure", "mse", "ssim")
+               "d_re", "d_n", "d_mag", "n_structure", "mse", "ssim", "flux_err",
+               "total_colour_err", "sky_rms")
 _CHUNK = 64  # galaxies per block in the pixel-level metrics (bounds memory)
 
 
@@ -486,6 +488,38 @@ def pixel_metrics(pred: ArrayLike, target: ArrayLike, sky: ArrayLike) -> dict[st
     return {"mse": se / t.size if t.size else math.nan, "ssim": ssim}
 
 
+def flux_metrics(pred: ArrayLike, truth: ArrayLike, sky: ArrayLike) -> dict[str, float]:
+    """Integrated photometry and background of ``pred`` against the noiseless ``truth``.
+
+    ``flux_err`` = median over galaxies and bands of ``|F_pred / F_truth - 1|`` (``F`` the sum
+    of the stamp); ``total_colour_err`` = median over galaxies of the mean over adjacent-band
+    colours of ``|c(F_pred) - c(F_truth)|`` (asinh magnitudes, softening ``sky_b sqrt(H W)``);
+    ``sky_rms`` = rms of ``(pred - truth) / sky_b`` over the pixels where the truth is below
+    0.1 sky rms in that band (the background a translation leaves: 1 for real target noise,
+    0 for a noiseless translation).
+    """
+    p = _images(pred, "pred")
+    t = _images(truth, "truth")
+    _same_shape(p, t, "pred", "truth")
+    N, C, H, W = t.shape
+    s = _sky(sky, C)
+    fp, ft = p.sum((2, 3), dtype=float), t.sum((2, 3), dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ferr = np.abs(fp / ft - 1.0)
+    soft = s * math.sqrt(H * W)
+    cp, ct = asinh_mag(fp, soft[None, :]), asinh_mag(ft, soft[None, :])
+    cerr = np.abs((cp[:, :-1] - cp[:, 1:]) - (ct[:, :-1] - ct[:, 1:])).mean(1) if C > 1 else \
+        np.full(N, math.nan)
+    sq, n = 0.0, 0
+    for i in range(0, N, _CHUNK):
+        d = (p[i:i + _CHUNK] - t[i:i + _CHUNK]) / s[None, :, None, None]
+        m = t[i:i + _CHUNK] < 0.1 * s[None, :, None, None]
+        sq += float((d[m].astype(float) ** 2).sum())
+        n += int(m.sum())
+    return {"flux_err": _nanmedian(ferr), "total_colour_err": _nanmedian(cerr),
+            "sky_rms": math.sqrt(sq / n) if n else math.nan}
+
+
 # ----------------------------------------------------------------------------------------------
 # Everything at once
 # ----------------------------------------------------------------------------------------------
@@ -516,6 +550,7 @@ def evaluate_translation(pred: ArrayLike, pairs: PairSet, photoz: Mapping | None
       to avoid refitting the reference for every model.
     - ``mse``, ``ssim``: :func:`pixel_metrics` against the *noiseless* ``pairs.target_truth``
       (no noise floor: a perfect translation scores mse 0).
+    - ``flux_err``, ``total_colour_err``, ``sky_rms``: :func:`flux_metrics` against the truth.
     """
     p = _images(pred, "pred")
     if p.shape != pairs.target.shape:
@@ -551,4 +586,5 @@ def evaluate_translation(pred: ArrayLike, pairs: PairSet, photoz: Mapping | None
         d = structure_deltas(fit, ref)
         rec.update(d_re=d["d_re"], d_n=d["d_n"], d_mag=d["d_mag"], n_structure=d["n"])
     rec.update(pixel_metrics(p, truth, sky))
+    rec.update(flux_metrics(p, truth, sky))
     return {key: rec[key] for key in RECORD_KEYS}
