@@ -27,7 +27,7 @@ demo: install
 	$(VENV)/bin/galnet demo
 
 test: install-test
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 --dist worksteal -q
 
 lint: install-test
 	$(VENV)/bin/ruff check src tests benchmarks scripts
