@@ -54,6 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
+from galnet.fileio import jsonable
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gama_galaxies as gg  # noqa: E402  (benchmarks/gama_galaxies.py: loaders of the data)
 
@@ -72,24 +74,8 @@ FIT_VIEWS = ("sdss", *METHODS)
 PARAMS = ("re_arcsec", "n", "q", "mag")
 
 
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return _jsonable(v.tolist())
-    if isinstance(v, bool | np.bool_):
-        return bool(v)
-    if isinstance(v, int | np.integer):
-        return int(v)
-    if isinstance(v, float | np.floating):
-        return float(v) if math.isfinite(v) else None
-    return v
-
-
 def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(_jsonable(obj), indent=1) + "\n")
+    path.write_text(json.dumps(jsonable(obj), indent=1) + "\n")
 
 
 # ---- stages 1-2: simulation and training -------------------------------------------------------
@@ -396,7 +382,7 @@ def _f(v, fmt=".3f") -> str:
     return "-" if v is None or not math.isfinite(v) else format(v, fmt)
 
 
-def markdown(res: dict, command: str, hsc_note: str, figure_path: str) -> str:
+def markdown(res: dict, command: str, hsc_note: str) -> str:
     med, meta = res["medians"], res["meta"]
     names = {"sdss": "SDSS (own pixels, SDSS PSF)", "regrid": "regridded SDSS",
              "pixel": "translated, pixel loss", "gradient-flow": "translated, gradient-flow loss",
@@ -573,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {"meta": meta, "medians": medians(rows), "simulated_validation": sim,
            "galaxies": per_gal}
     _write_json(out / "real_pairs.json", res)
-    (out / "real_pairs.md").write_text(markdown(res, command, hsc_hst_note(a.data), a.figure))
+    (out / "real_pairs.md").write_text(markdown(res, command, hsc_hst_note(a.data)))
     if a.figure:
         fig = Path(a.figure)
         fig.parent.mkdir(parents=True, exist_ok=True)

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from galnet.fileio import jsonable as _jsonable
 
 LOSSES = ("pixel", "gradient", "gradient-flow")
 CONDITIONING = ("none", "zspec")
@@ -39,19 +40,6 @@ FRACTIONS = (1.0, 0.1, 0.01)
 
 def run_name(loss: str, cond: str, fraction: float) -> str:
     return f"{loss}_{cond}_{fraction:g}"
-
-
-def _jsonable(d: dict) -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, float | np.floating):
-            v = float(v)
-            out[k] = v if math.isfinite(v) else None
-        elif isinstance(v, np.integer):
-            out[k] = int(v)
-        else:
-            out[k] = v
-    return out
 
 
 # ---- stage 1: photo-z probes -------------------------------------------------------------------

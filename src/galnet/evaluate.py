@@ -72,6 +72,7 @@ import numpy as np
 from galnet.conventions import SPECS
 from galnet.errors import GalnetFileError, GalnetValueError
 from galnet.fileio import atomic_write
+from galnet.fileio import jsonable as _jsonable
 
 __all__ = [
     "evaluate",
@@ -613,19 +614,6 @@ def _definitions() -> dict[str, str]:
         "bins": "lo <= v < hi (last bin includes finite hi); snr>20: snr > 20; "
                 "10<snr<=20: 10 < snr <= 20",
     }
-
-
-def _jsonable(obj):
-    """Replace non-finite floats by None and numpy scalars by Python ones (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 # ----------------------------------------------------------------------------------------------

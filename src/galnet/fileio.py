@@ -3,6 +3,7 @@ an interrupt never leaves a half-written file under the final name."""
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from galnet.errors import GalnetError, GalnetFileError
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "jsonable"]
 
 
 def _umask() -> int:
@@ -40,3 +41,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
             raise GalnetFileError(f"cannot write {str(path)!r}: {err.strerror or err}") from err
         raise
     return path
+
+
+def jsonable(obj):
+    """``obj`` ready for strict JSON: dicts, lists, tuples and arrays recursively; numpy scalars
+    become Python ones; non-finite floats become None."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

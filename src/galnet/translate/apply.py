@@ -13,7 +13,6 @@ atomically.
 from __future__ import annotations
 
 import json
-import math
 import os
 from importlib import resources
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from galnet.errors import GalnetFileError, GalnetValueError
-from galnet.fileio import atomic_write
+from galnet.fileio import atomic_write, jsonable
 
 __all__ = ["DEFAULT_MODEL", "default_model_path", "read_cube", "translate_file", "evaluate_file"]
 
@@ -129,16 +128,6 @@ def translate_file(out: str | os.PathLike, *, images: str | os.PathLike | None =
                                                                                    overwrite=True))
 
 
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, float | np.floating):
-        return float(v) if math.isfinite(v) else None
-    if isinstance(v, np.integer):
-        return int(v)
-    return v
-
-
 def evaluate_file(out_dir: str | os.PathLike, *, pairs: str | os.PathLike,
                   pred: str | os.PathLike | None = None, model: str | os.PathLike | None = None,
                   photoz: str | os.PathLike | None = None, structure_rows: int = 200,
@@ -176,7 +165,7 @@ def evaluate_file(out_dir: str | os.PathLike, *, pairs: str | os.PathLike,
                                              reference_fit=ref)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_jsonable(records), indent=1)
+    text = json.dumps(jsonable(records), indent=1)
     atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(text))
     if plots:
         _example_plot(out_dir / "examples.png", p, src, images)
