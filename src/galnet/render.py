@@ -31,6 +31,11 @@ cusp of high-n profiles and on galaxies smaller than a pixel:
   integral_0^1 P(2n, b_n (rho(t)/r_e)^(1/n)) / rho(t)^2 dt`` (edges A -> B; ``rho(t)`` the
   elliptical radius along the edge), with a smooth, bounded integrand even for n = 8. The cell's
   flux is placed at its exact centroid.
+- the square rings of cells around them, out to 3 px: each ring rescaled to its exact flux (the
+  same theorem, in the frame where the profile is round). Near the centre the cells are as wide
+  as their distance from it, so a thin galaxy's cross-section (q times that distance) falls
+  between the nodes; without this the stamp flux of galaxies with q re_pix ~ 0.1 px erred by up
+  to 1%.
 
 This is the adaptive central sub-sampling of GALFIT/Imfit/ProFit, made exact at the cusp, at a
 cost of a few thousand profile evaluations and one small FFT per stamp.
@@ -73,6 +78,10 @@ class RenderConfig:
     growth : ratio of the sizes of successive cells away from the centre. [default: 1.5]
     h_max : largest cell side (pixels). [default: 1/4]
     edge_nodes : Gauss-Legendre nodes per cell edge for the exact integrals. [default: 12]
+    ring_extent : half-size (pixels) of the square inside which the quadrature's square rings of
+        cells are rescaled to their exact flux (:func:`_square_flux`); 0 switches it off.
+        [default: 3]
+    ring_nodes : Gauss-Legendre nodes per edge for those exact square fluxes. [default: 24]
     chunk : stamps rendered per batch (bounds memory; small chunks keep the temporaries in
         cache, faster on CPUs). [default: 128]
     """
@@ -83,6 +92,8 @@ class RenderConfig:
     growth: float = 1.5
     h_max: float = 0.25
     edge_nodes: int = 12
+    ring_extent: float = 3.0
+    ring_nodes: int = 24
     chunk: int = 128
 
 
@@ -152,8 +163,10 @@ def _graded_nodes(h_core: float, growth: float, h_max: float, extent: float, dty
     """1-D Gauss-Legendre (2-point) nodes and weights on cells graded away from the centre.
 
     Cells: [-h/2, h/2] and its two neighbours of side ``h_core``, then sides growing by
-    ``growth`` up to ``h_max``, out to ``extent``. Returns (nodes, weights, core) where ``core``
-    marks the nodes of the three central cells (integrated exactly elsewhere).
+    ``growth`` up to ``h_max``, out to ``extent``. Returns (nodes, weights, core, bounds) where
+    ``core`` marks the nodes of the three central cells (integrated exactly elsewhere) and
+    ``bounds`` (numpy) are the outer edges of the cells on the positive side: the half-sizes of the
+    nested squares whose differences are the square rings of cells.
     """
     b = [h_core / 2, 3 * h_core / 2]
     size = h_core
@@ -174,7 +187,20 @@ def _graded_nodes(h_core: float, growth: float, h_max: float, extent: float, dty
         torch.as_tensor(nodes, **f),
         torch.as_tensor(weights, **f),
         torch.as_tensor(np.repeat(core, 2)),
+        np.array(b),
     )
+
+
+@lru_cache(maxsize=32)
+def _ring_map(rings: int, dtype, device: str) -> torch.Tensor:
+    """One-hot (L*L, rings + 1) map of the central L x L graded nodes to their square ring.
+
+    Ring k holds the cells at Chebyshev distance k from the central cell (2 nodes per cell and
+    axis); L = 2 (2 rings + 1): the middle nodes of the graded grid.
+    """
+    cells = np.abs(np.arange(2 * rings + 1) - rings).repeat(2)
+    ring = np.maximum(cells[:, None], cells[None, :]).reshape(-1)
+    return torch.as_tensor(np.eye(rings + 1)[ring], dtype=dtype, device=device)
 
 
 def _core_cells_from_edges(e: torch.Tensor, core: int) -> torch.Tensor:
@@ -349,12 +375,15 @@ def _quintic_window(T, x0, y0, flux, re, n, q, ux, uy, bn, inv_n, profile, margi
     ph, pw = margin
     dtype, device = T.dtype, T.device
     R = config.window
-    nodes, wts, core = _graded_nodes(
+    nodes, wts, core, bounds = _graded_nodes(
         config.h_core, config.growth, config.h_max, R + 3.5, dtype, str(device)
     )
     Sn = profile(nodes[None, None, :], nodes[None, :, None]) * (wts[:, None] * wts[None, :])
     keep = (~(core[:, None] & core[None, :])).to(dtype)
     Sn = Sn * keep  # the central 3x3 cells are added exactly below
+    rings = int(np.searchsorted(bounds, config.ring_extent + 1e-9, side="right")) - 1
+    if rings >= 2:
+        Sn = _exact_ring_flux(Sn, bounds[1 : rings + 1], flux, re, n, q, ux, uy, bn, config)
     c, h = 1, config.h_core
 
     # exact flux and first moments of the core cells (Green's theorem about the centre)
@@ -409,6 +438,67 @@ def _quintic_window(T, x0, y0, flux, re, n, q, ux, uy, bn, inv_n, profile, margi
     Tflat = T.reshape(N, -1)
     delta = (Twin.reshape(N, -1) - torch.gather(Tflat, 1, flat)) * inside[:, None].to(dtype)
     return Tflat.scatter_add(1, flat, delta).reshape(N, Hc, Wc)
+
+
+def _exact_ring_flux(Sn, bounds, flux, re, n, q, ux, uy, bn, config):
+    """Rescale the quadrature's square rings of cells 2..K to their exact flux.
+
+    Near the centre the graded cells are as wide as their distance from it, so a thin galaxy's
+    cross-section (q times that distance) falls between the 2x2 Gauss-Legendre nodes: the
+    quadrature then errs by up to a few per cent per ring (0.5% of the stamp flux for q re_pix ~
+    0.1 px). The flux of each ring is known exactly (:func:`_square_flux`); each ring's nodes are
+    scaled to it (factors clamped to [0.1, 10]), which leaves round profiles unchanged (factors
+    1 +- 1e-5) and keeps the light where the quadrature put it.
+    """
+    N, M = Sn.shape[0], Sn.shape[-1]
+    K = len(bounds)  # squares b_1..b_K: the core square and the outer edges of rings 2..K
+    dtype, device = Sn.dtype, Sn.device
+    G = _square_flux(torch.as_tensor(bounds, dtype=dtype, device=device), re, n, q, ux, uy, bn,
+                     config.ring_nodes)  # (N, K): fraction of the flux inside each square
+    exact = flux[:, None] * (G[:, 1:] - G[:, :-1])  # (N, K - 1): rings 2..K
+    lo = M // 2 - 1 - 2 * K  # the central 2 (2K + 1) nodes: the cells of rings 0..K
+    hi = M - lo
+    onehot = _ring_map(K, dtype, str(device))
+    block = Sn[:, lo:hi, lo:hi]
+    quad = (block.reshape(N, -1) @ onehot)[:, 2:]  # (N, K - 1)
+    tiny = torch.finfo(dtype).tiny * 1e6
+    factor = torch.where(quad > tiny, exact / torch.where(quad > tiny, quad, 1.0), 1.0)
+    factor = torch.cat([torch.ones_like(factor[:, :2]), factor.clamp(0.1, 10.0)], 1)
+    scale = (onehot @ factor.T).T.reshape(N, hi - lo, hi - lo)  # (N, L, L)
+    return torch.cat([Sn[:, :lo], torch.cat([Sn[:, lo:hi, :lo], block * scale,
+                                             Sn[:, lo:hi, hi:]], 2), Sn[:, hi:]], 1)
+
+
+def _square_flux(s, re, n, q, ux, uy, bn, nodes: int) -> torch.Tensor:
+    """Exact fraction of a Sérsic's flux inside the squares ``[-s, s]^2`` about its centre.
+
+    In the frame stretched along the minor axis (``a``, ``b / q``) the profile is round and the
+    flux inside a star-shaped region is ``F / 2 pi`` times the integral over ``psi`` of
+    ``P(2n, b_n (r(psi) / r_e)^(1/n))`` (Green's theorem in polar coordinates), ``r(psi)`` the
+    boundary at angle ``psi``. Along a
+    straight edge from A to B, ``r(psi) = (A x D) / (e_psi x D)`` with ``D = B - A``: the integrand
+    is smooth in ``psi`` however thin the galaxy, so ``nodes`` Gauss-Legendre nodes per edge
+    suffice (24: within 3e-6 of the total flux for q >= 0.05). By symmetry, two edges (right, top)
+    give the whole square. Returns (N, S).
+    """
+    t, w = np.polynomial.legendre.leggauss(nodes)
+    f = dict(dtype=s.dtype, device=s.device)
+    t, w = torch.as_tensor(0.5 * (t + 1), **f), torch.as_tensor(0.5 * w, **f)
+    # corners (s, -s) -> (s, s) -> (-s, s), in the stretched frame: (N, S, 3)
+    cx = torch.stack([s, s, -s], -1)[None]
+    cy = torch.stack([-s, s, s], -1)[None]
+    a = cx * ux[:, None, None] + cy * uy[:, None, None]
+    b = (-cx * uy[:, None, None] + cy * ux[:, None, None]) / q[:, None, None]
+    ax, ay, bx, by = a[..., :2], b[..., :2], a[..., 1:], b[..., 1:]  # edges A -> B: (N, S, 2)
+    dx, dy = bx - ax, by - ay
+    dpsi = torch.atan2(ax * by - ay * bx, ax * bx + ay * by)
+    psi = torch.atan2(ay, ax)[..., None] + dpsi[..., None] * t  # (N, S, 2, nodes)
+    r = (ax * dy - ay * dx)[..., None] / (torch.cos(psi) * dy[..., None]
+                                         - torch.sin(psi) * dx[..., None])
+    col = (slice(None),) + (None,) * 3
+    u = bn[col] * torch.exp(torch.log(r / re[col]) / n[col])
+    P = gammainc_p((2 * n)[col].expand_as(u), u)
+    return ((P * w).sum(-1) * dpsi).sum(-1) / math.pi
 
 
 def _fft_width(psf_fft: torch.Tensor, guess: int) -> int:
