@@ -67,3 +67,12 @@ def test_ie_tensor_matches_numpy_and_is_differentiable():
     np.testing.assert_allclose(out.item(), ref, rtol=1e-12)
     out.backward()
     assert all(torch.isfinite(v.grad) for v in t)
+
+
+def test_bn_iteration_used_on_gpus_matches_scipy():
+    """On CPUs sersic_bn uses scipy's gammaincinv; on GPUs a safeguarded Newton iteration."""
+    from galnet.sersic import _bn_newton
+
+    n = np.array([0.2, 0.3, 0.5, 1.0, 2.7, 4.0, 6.2, 8.0, 10.0])
+    b = _bn_newton(torch.tensor(n)).numpy()
+    np.testing.assert_allclose(b, special.gammaincinv(2 * n, 0.5), rtol=1e-12)
