@@ -76,8 +76,8 @@ class RenderConfig:
         :func:`window_sizes`. Empty: always ``window``. [default: (6, 9, 13, 18)]
     h_core : side (pixels) of the central cells, integrated exactly. [default: 1/16]
     growth : ratio of the sizes of successive cells away from the centre. [default: 1.5]
-    h_max : largest cell side (pixels). 1/2 is within 3.4e-4 of the peak of a quadrature 2-4x
-        finer everywhere (1500 random profiles, n 0.3-8, re 0.3-40 px). [default: 1/2]
+    h_max : largest cell side (pixels). 1/2 is within 7.4e-4 of the peak of a quadrature 2-4x
+        finer everywhere (benchmarks/render_quadrature.py). [default: 1/2]
     edge_nodes : Gauss-Legendre nodes per cell edge for the exact integrals. [default: 12]
     ring_extent : half-size (pixels) of the square inside which the quadrature's square rings of
         cells are rescaled to their exact flux (:func:`_square_flux`); 0 switches it off.
@@ -453,11 +453,12 @@ def _exact_ring_flux(Sn, bounds, flux, re, n, q, ux, uy, bn, config):
 
     Near the centre the graded cells are as wide as their distance from it, so a thin galaxy's
     cross-section (q times that distance) falls between the 2x2 Gauss-Legendre nodes: the
-    quadrature then errs by up to a few per cent per ring (0.5% of the stamp flux for q re_pix ~
-    0.1 px). The flux of each ring is known exactly (:func:`_square_flux`); each ring's nodes are
+    quadrature then errs by up to a few per cent per ring (1% of the stamp flux for q re_pix ~
+    0.05 px). The flux of each ring is known exactly (:func:`_square_flux`); each ring's nodes are
     scaled to it (factors clamped to [0.1, 10]), keeping the light where the quadrature put it.
-    Near-round profiles (q > 0.7) change by < 3e-4 of the peak; elongated ones by up to ~0.5%,
-    since near the centre every elongated cusp is as thin, relative to the cells, as a needle.
+    Near-round profiles (q > 0.7) change by < 4e-4 of the peak, needles and elongated high-n
+    cusps by up to ~0.6% (near the centre every elongated cusp is as thin, relative to the cells,
+    as a needle); benchmarks/render_quadrature.py measures both.
     """
     N, M = Sn.shape[0], Sn.shape[-1]
     K = len(bounds)  # squares b_1..b_K: the core square and the outer edges of rings 2..K
@@ -481,6 +482,14 @@ def _exact_ring_flux(Sn, bounds, flux, re, n, q, ux, uy, bn, config):
     return torch.cat([Sn[:, :lo], middle, Sn[:, hi:]], 1)
 
 
+@lru_cache(maxsize=32)
+def _gauss_legendre01(nodes: int, dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss-Legendre nodes and weights on [0, 1]."""
+    t, w = np.polynomial.legendre.leggauss(nodes)
+    f = dict(dtype=dtype, device=device)
+    return torch.as_tensor(0.5 * (t + 1), **f), torch.as_tensor(0.5 * w, **f)
+
+
 def _square_flux(s, re, n, q, ux, uy, bn, nodes: int) -> torch.Tensor:
     """Exact fraction of a Sérsic's flux inside the squares ``[-s, s]^2`` about its centre.
 
@@ -493,9 +502,7 @@ def _square_flux(s, re, n, q, ux, uy, bn, nodes: int) -> torch.Tensor:
     suffice (24: within 3e-6 of the total flux for q >= 0.05). By symmetry, two edges (right, top)
     give the whole square. Returns (N, S).
     """
-    t, w = np.polynomial.legendre.leggauss(nodes)
-    f = dict(dtype=s.dtype, device=s.device)
-    t, w = torch.as_tensor(0.5 * (t + 1), **f), torch.as_tensor(0.5 * w, **f)
+    t, w = _gauss_legendre01(nodes, s.dtype, str(s.device))
     # corners (s, -s) -> (s, s) -> (-s, s), in the stretched frame: (N, S, 3)
     cx = torch.stack([s, s, -s], -1)[None]
     cy = torch.stack([-s, s, s], -1)[None]
