@@ -34,8 +34,8 @@ cusp of high-n profiles and on galaxies smaller than a pixel:
 - the square rings of cells around them, out to 3 px: each ring rescaled to its exact flux (the
   same theorem, in the frame where the profile is round). Near the centre the cells are as wide
   as their distance from it, so a thin galaxy's cross-section (q times that distance) falls
-  between the nodes; without this the stamp flux of galaxies with q re_pix ~ 0.1 px erred by up
-  to 1%.
+  between the nodes; without this the stamp flux of galaxies with q re_pix ~ 0.05-0.1 px erred
+  by up to 1%.
 
 This is the adaptive central sub-sampling of GALFIT/Imfit/ProFit, made exact at the cusp, at a
 cost of a few thousand profile evaluations and one small FFT per stamp.
@@ -496,11 +496,11 @@ def _square_flux(s, re, n, q, ux, uy, bn, nodes: int) -> torch.Tensor:
     In the frame stretched along the minor axis (``a``, ``b / q``) the profile is round and the
     flux inside a star-shaped region is ``F / 2 pi`` times the integral over ``psi`` of
     ``P(2n, b_n (r(psi) / r_e)^(1/n))`` (Green's theorem in polar coordinates), ``r(psi)`` the
-    boundary at angle ``psi``. Along a
-    straight edge from A to B, ``r(psi) = (A x D) / (e_psi x D)`` with ``D = B - A``: the integrand
-    is smooth in ``psi`` however thin the galaxy, so ``nodes`` Gauss-Legendre nodes per edge
-    suffice (24: within 3e-6 of the total flux for q >= 0.05). By symmetry, two edges (right, top)
-    give the whole square. Returns (N, S).
+    boundary at angle ``psi``. Along a straight edge from A to B, ``r(psi) = (A x D) / (e_psi x
+    D)`` with ``D = B - A``: the integrand is smooth in ``psi`` however thin the galaxy, so
+    ``nodes`` Gauss-Legendre nodes per edge suffice (24: within 3e-6 of the total flux for
+    q >= 0.05, benchmarks/render_quadrature.py). By symmetry, two edges (right, top) give the
+    whole square. Returns (N, S).
     """
     t, w = _gauss_legendre01(nodes, s.dtype, str(s.device))
     # corners (s, -s) -> (s, s) -> (-s, s), in the stretched frame: (N, S, 3)
