@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from galsim_reference import accuracy_cases, galsim_reference, real_psfs  # noqa: E402
 
-from galnet.render import render  # noqa: E402
+from galnet.profiles.render import render  # noqa: E402
 
 
 def main() -> None:

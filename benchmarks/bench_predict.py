@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from astropy.io import fits
 
-from galnet.model import count_flops, load_model
-from galnet.predict import predict_files
-from galnet.simulate import simulate
+from galnet.nn.model import count_flops, load_model
+from galnet.nn.predict import predict_files
+from galnet.sim.simulate import simulate
 
 
 def main() -> None:

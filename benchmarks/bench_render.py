@@ -45,7 +45,7 @@ def make_inputs(n: int, seed: int = 0):
 
 
 def bench_galnet(p, psf, device: str, dtype, repeat: int = 2) -> float:
-    from galnet.render import render
+    from galnet.profiles.render import render
 
     tp = {k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in p.items()}
     tpsf = torch.as_tensor(psf, dtype=dtype, device=device)

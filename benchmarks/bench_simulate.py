@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from galnet.simulate import read_params, simulate
+from galnet.sim.simulate import read_params, simulate
 
 TARGET = 200_000
 

@@ -13,7 +13,7 @@ by GalSim::
     image_galsim = image - galnet_render(params, psf) + galsim_render(params, psf)
 
 so the background, neighbours, stars and the noise realisation stay identical. ``galnet_render`` is
-the simulator's own call (:func:`galnet.simulate._render`: float32, default config), so the
+the simulator's own call (:func:`galnet.sim.simulate._render`: float32, default config), so the
 subtraction is exact to float32 rounding (``--verify-blocks`` checks this by re-running the
 simulator on the first blocks). ``sigma`` and ``params`` (``snr`` included) are copied unchanged:
 the source Poisson variance is that of the galnet galaxy (the renderers differ by < 1e-2 of the
@@ -44,7 +44,7 @@ import h5py
 import numpy as np
 
 from galnet.errors import GalnetFileError, GalnetValueError
-from galnet.simulate import _render, _write_atomic, check_output_path
+from galnet.sim.simulate import _render, _write_atomic, check_output_path
 
 #: Parameters of one galaxy passed to the renderers.
 SHAPE_KEYS = ("x", "y", "flux", "re_pix", "n", "q", "pa_deg")
@@ -309,7 +309,7 @@ def simulator_galaxies(path: str | os.PathLike, blocks: int = 1) -> tuple[np.nda
     Needs the bank file named in the attributes (when the file used one). The galaxy of a stamp is
     the last render of its final parameters (``snr_min`` redraws re-render some).
     """
-    import galnet.simulate as sim
+    import galnet.sim.simulate as sim
     from galnet.presets import _build
 
     with h5py.File(path, "r") as f:
@@ -319,7 +319,7 @@ def simulator_galaxies(path: str | os.PathLike, blocks: int = 1) -> tuple[np.nda
     preset = _build(cfg.pop("name"), cfg)
     bank = None
     if a["background"] == "bank":
-        from galnet.bank import Bank
+        from galnet.sim.bank import Bank
 
         bank = Bank(json.loads(a["bank"])["path"])
     snr_min = None if str(a["snr_min"]) == "none" else float(a["snr_min"])

@@ -30,8 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from galsim_reference import moffat_psf, random_params  # noqa: E402
 
-from galnet.render import DEFAULT_CONFIG, _graded_nodes, _square_flux, render  # noqa: E402
-from galnet.sersic import sersic_bn  # noqa: E402
+from galnet.profiles.render import DEFAULT_CONFIG, _graded_nodes, _square_flux, render  # noqa: E402
+from galnet.profiles.sersic import sersic_bn  # noqa: E402
 
 FINE = replace(DEFAULT_CONFIG, h_core=1 / 32, h_max=1 / 8, growth=1.25)
 

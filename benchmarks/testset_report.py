@@ -3,8 +3,8 @@
     python benchmarks/testset_report.py --test test.h5 --out docs/testset \
         [--galsim test_galsim.h5] [--model W.safetensors] [--threads 2]
 
-Runs `galnet.predict.predict_files` on the stamps (with their sigma maps and PSFs, as a user
-would give them), then `galnet.evaluate.evaluate` against the true parameters: overall, S/N > 20,
+Runs `galnet.nn.predict.predict_files` on the stamps (with their sigma maps and PSFs, as a user
+would give them), then `galnet.evaluate.metrics.evaluate` against the true parameters: overall, S/N > 20,
 10 < S/N <= 20, binned by S/N and n, with plots, into OUT/ (metrics.json, report.md, PNGs).
 With --galsim (from benchmarks/galsim_testset.py: the same stamps with the galaxy rendered by
 GalSim) the same is done into OUT/galsim/, and a comparison table of the two is printed and
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from astropy.table import Table
 
-from galnet.evaluate import evaluate
-from galnet.model import load_model
-from galnet.predict import predict_files
-from galnet.simulate import read_params
+from galnet.evaluate.metrics import evaluate
+from galnet.nn.model import load_model
+from galnet.nn.predict import predict_files
+from galnet.sim.simulate import read_params
 
 ROWS = [("mag", "r2"), ("re", "r2_log"), ("n", "r2_log"), ("q", "r2"), ("re", "outlier_frac"),
         ("n", "outlier_frac"), ("mag", "nmad"), ("re", "nmad"), ("n", "nmad"), ("q", "nmad"),

@@ -3,11 +3,11 @@
     python scripts/make_gallery.py --data ../shared/data --bank /tmp/galnet_bank.h5 \
         --out docs/gallery.png [--seed 0] [--preset hsc-r]
 
-Left block: stamps simulated by :func:`galnet.simulate.simulate` with the bank (real backgrounds
+Left block: stamps simulated by :func:`galnet.sim.simulate.simulate` with the bank (real backgrounds
 rescaled to the preset's depth, the preset's share of real PSFs, analytic ones otherwise),
 chosen to span S/N, n and r_e.
 Right block: real isolated galaxies cut from the frames in ``--data``
-(:func:`galnet.bank.real_galaxy_cutouts`, sky-subtracted, native pixels). Every panel is shown in
+(:func:`galnet.sim.bank.real_galaxy_cutouts`, sky-subtracted, native pixels). Every panel is shown in
 units of its own 1-sigma sky noise, x = image / sigma_sky, with ONE asinh stretch
 asinh(x / SOFT) and ONE vmin/vmax for all panels (no per-panel normalisation).
 
@@ -140,7 +140,7 @@ def psf_label(source: str, negative: bool) -> str:
 def simulated(preset: str, bank: str, n: int, seed: int) -> tuple[np.ndarray, dict, dict]:
     """(stamps in sigma units (n, S, S), params table as a dict of arrays plus ``psf_neg``, the
     most negative pixel of each stamp's PSF over its peak, file attributes)."""
-    from galnet.simulate import read_params, simulate
+    from galnet.sim.simulate import read_params, simulate
 
     with tempfile.TemporaryDirectory(prefix="galnet_gallery_") as tmp:
         path = simulate(preset, n, seed, Path(tmp) / "sim.h5", bank=bank, progress=False)
@@ -159,7 +159,7 @@ def simulated(preset: str, bank: str, n: int, seed: int) -> tuple[np.ndarray, di
 
 def real(data: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(all real cutouts in sigma units (k, 61, 61), their frame names (k,))."""
-    from galnet.bank import real_galaxy_cutouts
+    from galnet.sim.bank import real_galaxy_cutouts
 
     stamps, names = [], []
     for frame in REAL_FRAMES:

@@ -15,7 +15,7 @@ import math
 import os
 from pathlib import Path
 
-from galnet.model import DEFAULT_WEIGHTS, count_flops, load_model, save_model
+from galnet.nn.model import DEFAULT_WEIGHTS, count_flops, load_model, save_model
 from galnet.presets import get_preset
 
 

@@ -22,7 +22,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_sim(tmp_path_factory) -> Path:
     """A small simulated hsc-r file (256 stamps, synthetic backgrounds), made once per session."""
-    from galnet.simulate import simulate
+    from galnet.sim.simulate import simulate
 
     out = tmp_path_factory.mktemp("sim") / "tiny.h5"
     return simulate("hsc-r", 256, 0, out, progress=False)
@@ -31,7 +31,7 @@ def tiny_sim(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model():
     """A small untrained GaLNet (width 4) in eval mode: fast, deterministic outputs."""
-    from galnet.model import GaLNet, ModelConfig
+    from galnet.nn.model import GaLNet, ModelConfig
 
     torch.manual_seed(0)
     return GaLNet(ModelConfig(width=4, psf_dim=8, hidden=16)).eval()

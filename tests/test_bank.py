@@ -1,4 +1,4 @@
-"""Tests of galnet.bank: the real background / PSF bank.
+"""Tests of galnet.sim.bank: the real background / PSF bank.
 
 Tests marked by the ``shared`` fixture need the real data in ``../shared/data`` (skipped when it
 is absent); the others build banks from small synthetic data directories made here.
@@ -15,8 +15,8 @@ import pytest
 from astropy.io import fits
 from astropy.stats import mad_std
 
-from galnet import bank as bankmod
-from galnet.bank import Bank, build_bank, psf_fwhm, real_galaxy_cutouts, resample_psf
+from galnet.sim import bank as bankmod
+from galnet.sim.bank import Bank, build_bank, psf_fwhm, real_galaxy_cutouts, resample_psf
 from galnet.errors import GalnetFileError, GalnetValueError
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

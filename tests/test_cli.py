@@ -136,7 +136,7 @@ def test_read_only_directory(tmp_path, capsys):
 
 def test_unwritable_output_file_raises_cleanly(tmp_path, capsys, monkeypatch):
     """An OS error while writing (disk full, permissions) is one line too, and leaves nothing."""
-    import galnet.simulate as sim
+    import galnet.sim.simulate as sim
 
     def fail(*a, **k):
         raise OSError(28, "No space left on device")
@@ -148,7 +148,7 @@ def test_unwritable_output_file_raises_cleanly(tmp_path, capsys, monkeypatch):
 
 
 def test_bank_build_plumbing(tmp_path, capsys, monkeypatch):
-    """`galnet bank build` passes its arguments to galnet.bank.build_bank (a stand-in here)."""
+    """`galnet bank build` passes its arguments to galnet.sim.bank.build_bank (a stand-in here)."""
     import types
 
     calls = []
@@ -158,7 +158,7 @@ def test_bank_build_plumbing(tmp_path, capsys, monkeypatch):
         out.write_bytes(b"bank")
         return out
 
-    monkeypatch.setitem(sys.modules, "galnet.bank", types.SimpleNamespace(build_bank=build_bank))
+    monkeypatch.setitem(sys.modules, "galnet.sim.bank", types.SimpleNamespace(build_bank=build_bank))
     out = tmp_path / "b.h5"
     argv = ["bank", "build", "--data", str(tmp_path), "--out", str(out), "--pixel-scales", "0.2",
             "0.396", "--seed", "7", "-q"]

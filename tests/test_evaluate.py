@@ -1,4 +1,4 @@
-"""Tests of galnet.evaluate: metric formulas, matching, calibration, files and errors."""
+"""Tests of galnet.evaluate.metrics: metric formulas, matching, calibration, files and errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from astropy import units as u
 from astropy.table import QTable, Table
 
 from galnet.errors import GalnetFileError, GalnetValueError
-from galnet.evaluate import evaluate, nmad, r2_score, wrap_pa_diff
+from galnet.evaluate.metrics import evaluate, nmad, r2_score, wrap_pa_diff
 
 COLS = ("x", "y", "mag", "re_pix", "n", "q", "pa_deg")
 
@@ -311,7 +311,7 @@ def test_files_written_and_report(tmp_path):
 
 
 def test_simulated_truth_and_rendered_gallery(tmp_path):
-    from galnet.simulate import read_params, simulate
+    from galnet.sim.simulate import read_params, simulate
 
     h5 = simulate("hsc-r", n=64, seed=0, out=tmp_path / "t.h5", progress=False)
     t = read_params(h5)

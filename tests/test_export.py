@@ -1,4 +1,4 @@
-"""galnet.export: GALFIT/Imfit files of a catalogue, reading fits back, the PyImfit wrapper.
+"""galnet.interop.export: GALFIT/Imfit files of a catalogue, reading fits back, the PyImfit wrapper.
 
 - catalogue -> Imfit config -> read back gives the same parameters (exact converters);
 - a config written by galnet, read by PyImfit's own parser and fitted to stamps rendered with
@@ -21,7 +21,7 @@ from astropy.table import QTable
 from galnet.cli import main
 from galnet.conventions import galfit_pa
 from galnet.errors import GalnetValueError
-from galnet.export import (
+from galnet.interop.export import (
     DEFAULT_LIMITS,
     export_catalog,
     imfit_config,
@@ -30,7 +30,7 @@ from galnet.export import (
     read_galfit_header,
     read_imfit_bestfit,
 )
-from galnet.stamps import write_catalog
+from galnet.io.stamps import write_catalog
 
 pyimfit = pytest.importorskip("pyimfit")
 
@@ -74,7 +74,7 @@ def catalogue(params=TRUTH, **meta) -> QTable:
 @pytest.fixture(scope="module")
 def stamps(tmp_path_factory):
     """Noiseless Imfit-model stamps (render mode="imfit") as a cube with a SIGMA extension."""
-    from galnet.render import render
+    from galnet.profiles.render import render
 
     psf = moffat_psf()
     imgs = render(TRUTH, psf, SHAPE, mode="imfit")
@@ -287,7 +287,7 @@ def test_read_galfit_header():
 
 def test_imfit_fit_recovers_truth(stamps):
     """Noiseless Imfit-model stamp, guess off the truth: the truth, converged, chi2 ~ 0."""
-    from galnet.export import imfit_fit
+    from galnet.interop.export import imfit_fit
 
     _, imgs, psf = stamps
     truth = one(TRUTH, 0)
@@ -304,7 +304,7 @@ def test_imfit_fit_recovers_truth(stamps):
 
 def test_imfit_fit_errors_mask_and_failures(stamps, monkeypatch):
     """Errors match the scatter; masked garbage and NaNs are ignored; failures are results."""
-    from galnet.export import imfit_fit
+    from galnet.interop.export import imfit_fit
 
     _, imgs, psf = stamps
     truth = one(TRUTH, 1)

@@ -9,10 +9,10 @@ from astropy.table import Table
 
 from galnet.cli import main
 from galnet.errors import GalnetValueError
-from galnet.fit import FitConfig, auto_mask, fisher_errors, fit_arrays, moments_init
+from galnet.fitting.fitter import FitConfig, auto_mask, fisher_errors, fit_arrays, moments_init
 from galnet.flags import Flag
-from galnet.predict import catalog_columns
-from galnet.render import render
+from galnet.nn.predict import catalog_columns
+from galnet.profiles.render import render
 
 KEYS = ("x", "y", "flux", "re_pix", "n", "q", "pa_deg")
 
@@ -149,7 +149,7 @@ def test_moments_init_and_auto_mask():
 
 
 def test_weights_with_gain():
-    from galnet.fit import _weights
+    from galnet.fitting.fitter import _weights
 
     img = np.zeros((1, 61, 61))
     img[0, 30, 30] = 400.0

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from galnet.errors import GalnetFileError
-from galnet.simulate import read_params
+from galnet.sim.simulate import read_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import galsim_testset as gt  # noqa: E402

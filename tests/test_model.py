@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from galnet.errors import GalnetFileError
-from galnet.model import (
+from galnet.nn.model import (
     GaLNet,
     ModelConfig,
     count_flops,
@@ -18,8 +18,8 @@ from galnet.model import (
     save_model,
     sky_rms,
 )
-from galnet.render import render
-from galnet.train import augment
+from galnet.profiles.render import render
+from galnet.nn.train import augment
 
 PARAMS = {
     "x": torch.tensor([31.3, 28.6, 30.0]), "y": torch.tensor([29.2, 32.4, 30.5]),

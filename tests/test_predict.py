@@ -10,10 +10,10 @@ from astropy.table import Table
 from galnet.cli import main
 from galnet.errors import GalnetValueError
 from galnet.flags import Flag
-from galnet.model import encode_targets, save_model
-from galnet.predict import catalog_columns, predict_arrays, predict_files
-from galnet.render import render
-from galnet.stamps import read_catalog
+from galnet.nn.model import encode_targets, save_model
+from galnet.nn.predict import catalog_columns, predict_arrays, predict_files
+from galnet.profiles.render import render
+from galnet.io.stamps import read_catalog
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def _constant_model(tiny_model, params, noise):
 
 def test_chi2nu_and_snr_against_direct_computation(tiny_model):
     """chi2nu of a model that predicts exactly the truth: ~1 for pure-noise residuals, and equal
-    to the sum computed here from galnet.render (masked pixels left out)."""
+    to the sum computed here from galnet.profiles.render (masked pixels left out)."""
     truth = {"x": torch.tensor([30.4]), "y": torch.tensor([29.8]), "flux": torch.tensor([40.0]),
              "re_pix": torch.tensor([4.0]), "n": torch.tensor([1.5]), "q": torch.tensor([0.6]),
              "pa_deg": torch.tensor([40.0])}
@@ -269,7 +269,7 @@ def test_predict_cli_psfex_with_psf_positions(stamps, weights, tmp_path, capsys)
     PSFs evaluated at those positions given as a cube."""
     from test_stamps import _synthetic_psfex
 
-    from galnet.stamps import load_stamps
+    from galnet.io.stamps import load_stamps
 
     d, im, *_ = stamps
     _synthetic_psfex(tmp_path / "m.psf")

@@ -4,7 +4,7 @@
   sub-sampling, with a PSF: this pins X0/Y0 (1-based), PA, ell, I_e and Imfit's PSF centring.
 - ``render(mode="exact")`` must match GalSim's Sérsic convolved with the Quintic-interpolated PSF
   image, sampled at pixel centres (0.5% of the peak, stamp fluxes 0.2%).
-- ``galnet.render_imfit.imfit_T`` emulates Imfit's pixel sub-sampling (``Sersic::GetValue`` and
+- ``galnet.profiles.imfit.imfit_T`` emulates Imfit's pixel sub-sampling (``Sersic::GetValue`` and
   ``CalculateSubsamples``) exactly: with Imfit's ``b_n`` it reproduces PyImfit's model image, after
   the same PSF convolution, to rounding error (1e-10 of the peak; measured ~1e-14), small ``r_e``,
   symmetric set-ups on the sub-sample count boundaries and off-stamp centres included. With galnet's
@@ -21,17 +21,17 @@ import torch
 from scipy.signal import fftconvolve
 
 from galnet.conventions import galsim_sersic, imfit_bn, imfit_model_dict, to_imfit
-from galnet.render_imfit import imfit_T, subsample_counts
+from galnet.profiles.imfit import imfit_T, subsample_counts
 
 galsim = pytest.importorskip("galsim")
 pyimfit = pytest.importorskip("pyimfit")
 
 try:
-    from galnet.render import render
+    from galnet.profiles.render import render
 except ImportError:  # the renderer is not there yet
     render = None
 
-needs_render = pytest.mark.skipif(render is None, reason="galnet.render is not importable")
+needs_render = pytest.mark.skipif(render is None, reason="galnet.profiles.render is not importable")
 
 SHAPE = (61, 61)
 PSF_SIZE = 25

@@ -9,8 +9,8 @@ import torch
 from scipy import integrate
 
 from galnet.errors import GalnetPSFError, GalnetValueError
-from galnet.render import RenderConfig, quintic, render
-from galnet.sersic import sersic_bn
+from galnet.profiles.render import RenderConfig, quintic, render
+from galnet.profiles.sersic import sersic_bn
 
 
 def gaussian_psf(fwhm=3.5, size=25):
@@ -221,7 +221,7 @@ def test_high_n_central_pixels_against_scipy(n, re, q):
 
 
 def integrate_wmax(n, rho_over_re):
-    from galnet.sersic import enclosed_fraction
+    from galnet.profiles.sersic import enclosed_fraction
 
     return enclosed_fraction(rho_over_re, n)
 
@@ -254,7 +254,7 @@ def test_high_n_total_flux_against_scipy():
 )
 def test_square_flux_against_scipy(s, re, n, q, pa):
     """The exact flux inside a square about the centre (used to rescale the quadrature rings)."""
-    from galnet.render import _square_flux
+    from galnet.profiles.render import _square_flux
 
     bn = float(sersic_bn(n))
     a = np.deg2rad(pa)
@@ -286,7 +286,7 @@ def test_needles_conserve_flux(n, re, q, pa):
     stamp: 1 less the light outside, which is at most that outside the ellipse of semi-major axis
     29 px (inside the 61x61 stamp at any PA).
     """
-    from galnet.sersic import enclosed_fraction
+    from galnet.profiles.sersic import enclosed_fraction
 
     p = dict(x=30.3, y=29.6, flux=1.0, re_pix=re, n=n, q=q, pa_deg=pa)
     T = render(p, None)[0]

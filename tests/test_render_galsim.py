@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from galsim_reference import accuracy_cases, galsim_reference, real_psfs
 
-from galnet.render import render
+from galnet.profiles.render import render
 
 N_CHUNKS, PER_CHUNK = 20, 50  # 1000 profiles
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy import integrate, special
 
-from galnet.sersic import enclosed_fraction, gammainc_p, sersic_bn, sersic_ie, sersic_total_flux
+from galnet.profiles.sersic import enclosed_fraction, gammainc_p, sersic_bn, sersic_ie, sersic_total_flux
 
 
 def test_bn_exact_against_scipy():
@@ -71,7 +71,7 @@ def test_ie_tensor_matches_numpy_and_is_differentiable():
 
 def test_bn_iteration_used_on_gpus_matches_scipy():
     """On CPUs sersic_bn uses scipy's gammaincinv; on GPUs a safeguarded Newton iteration."""
-    from galnet.sersic import _bn_newton
+    from galnet.profiles.sersic import _bn_newton
 
     n = np.array([0.2, 0.3, 0.5, 1.0, 2.7, 4.0, 6.2, 8.0, 10.0])
     b = _bn_newton(torch.tensor(n)).numpy()

@@ -11,10 +11,10 @@ import h5py
 import numpy as np
 import pytest
 
-import galnet.simulate as sim
+import galnet.sim.simulate as sim
 from galnet.errors import GalnetError, GalnetFileError, GalnetPresetError, GalnetValueError
 from galnet.presets import get_preset
-from galnet.simulate import COLUMNS, analytic_psfs, read_params, simulate
+from galnet.sim.simulate import COLUMNS, analytic_psfs, read_params, simulate
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 N, SEED, CHUNK = 150, 3, 64  # 150 = 2 full blocks + a partial one: exercises chunking
@@ -28,7 +28,7 @@ def _load(path):
 
 def _models(t, psfs) -> np.ndarray:
     """Noiseless galaxies re-rendered (float64) from a parameter table and the stored PSFs."""
-    from galnet.render import render
+    from galnet.profiles.render import render
 
     cols = {k: np.asarray(getattr(t[k], "value", t[k]), dtype=float) for k in RENDER_COLS}
     return render(cols, psfs.astype(float), (61, 61))
@@ -240,7 +240,7 @@ def test_invalid_inputs(tmp_path, kw, err, match):
 
 # ---- banks ---------------------------------------------------------------------------------------
 class FakeBank:
-    """A stand-in with the interface of galnet.bank.Bank: Gaussian PSFs and white-noise cutouts."""
+    """A stand-in with the interface of galnet.sim.bank.Bank: Gaussian PSFs and white-noise cutouts."""
 
     path = "fake-bank.h5"
     pixel_scales = (0.168, 0.2)
@@ -291,7 +291,7 @@ def test_bank_pixel_scale_mismatch(tmp_path):
 def real_bank(tmp_path_factory):
     if not DATA.is_dir():
         pytest.skip("../shared/data not present: no real bank")
-    bank = pytest.importorskip("galnet.bank", reason="galnet.bank not available yet")
+    bank = pytest.importorskip("galnet.sim.bank", reason="galnet.sim.bank not available yet")
     out = tmp_path_factory.mktemp("bank") / "bank.h5"
     # a small bank (one frame, two PSF families) keeps this fast; the NTT header has
     # non-standard cards that astropy warns about (the bank's business, not this test's)

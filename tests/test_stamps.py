@@ -1,4 +1,4 @@
-"""galnet.stamps: every input form, geometry (pad/crop/rebin) with exact transforms, frames,
+"""galnet.io.stamps: every input form, geometry (pad/crop/rebin) with exact transforms, frames,
 PSFs (image, cube, PSFEx), noise, header keywords, bad inputs and catalogue I/O."""
 
 import math
@@ -14,7 +14,7 @@ from astropy.wcs import WCS
 
 from galnet.errors import GalnetFileError, GalnetPSFError, GalnetValueError
 from galnet.flags import Flag
-from galnet.stamps import (
+from galnet.io.stamps import (
     StampBatch,
     catalog_format,
     iter_frame,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from galnet.errors import GalnetFileError, GalnetValueError
-from galnet.model import load_model
-from galnet.train import calibrate, load_config, load_training_data, predict_split, train
+from galnet.nn.model import load_model
+from galnet.nn.train import calibrate, load_config, load_training_data, predict_split, train
 
 TINY = {"width": 4, "psf_dim": 8, "hidden": 16}
 

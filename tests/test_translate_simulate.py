@@ -56,7 +56,7 @@ def test_component_mags_k_correction():
 
 
 def test_point_sources_flux_and_position():
-    from galnet.simulate import analytic_psfs
+    from galnet.sim.simulate import analytic_psfs
 
     psf = analytic_psfs(np.array([3.0]), np.array([3.0]), np.array([False]), np.zeros(1),
                         np.zeros(1), size=25)[None]  # (1, 1, 25, 25)

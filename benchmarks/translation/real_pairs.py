@@ -27,7 +27,7 @@ Stages (each skipped when its output under ``--work`` exists; ``--redo-eval`` re
    stamp is an integer-pixel cut (real pixels untouched, zero-padded and masked where the image
    is smaller); the SDSS stamp is resampled (cubic spline, ``scipy.ndimage.map_coordinates``) at
    the matching sub-pixel positions and zero-padded (counted in ``sdss_padded``) beyond its edges;
-4. ``fits.json``: galnet fits (``galnet.fit.fit_arrays``, float64, start = ExampleInit mapped to
+4. ``fits.json``: galnet fits (``galnet.fitting.fitter.fit_arrays``, float64, start = ExampleInit mapped to
    the stamp) of (a) the KiDS stamp (sigma map, mask, KiDS PSF), (b) the regridded SDSS and the two
    translations (KiDS PSF, sigma = the kids-r sky rms, the KiDS mask), (c) an integer-pixel 99 x
    99 cut of the SDSS image (its sigma map, mask, PSF);
@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galnet.fileio import jsonable
+from galnet.io.files import jsonable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gama_galaxies as gg  # noqa: E402  (benchmarks/gama_galaxies.py: loaders of the data)
@@ -261,7 +261,7 @@ def sim_check(work: Path, n_val: int = 100) -> dict:
 
 # ---- stage 4: comparisons and fits -------------------------------------------------------------
 def _fit(image, psf, sigma, mask, init) -> dict:
-    from galnet.fit import FitConfig, fit_arrays
+    from galnet.fitting.fitter import FitConfig, fit_arrays
 
     t0 = time.perf_counter()
     r = fit_arrays(image, psf, sigma=sigma, mask=mask, init=init,
@@ -280,7 +280,7 @@ def _summary(r: dict, scale: float) -> dict:
 
 
 def compare(st: dict, tr: dict, info: list[dict], seed: int = 0) -> list[dict]:
-    from galnet.render import render
+    from galnet.profiles.render import render
     from galnet.translate.evaluate import regrid
     from galnet.translate.simulate import get_domain
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galnet.fileio import jsonable as _jsonable
+from galnet.io.files import jsonable as _jsonable
 
 LOSSES = ("pixel", "gradient", "gradient-flow")
 CONDITIONING = ("none", "zspec")

@@ -1,7 +1,7 @@
 """galnet: single-Sérsic structural parameters of galaxies at survey scale.
 
-Data flows one way: :mod:`galnet.sersic` (profile math) -> :mod:`galnet.render` (PSF-convolved
-stamps) -> :mod:`galnet.simulate` (survey-like training sets) -> network, fitter, evaluation.
+Data flows one way: :mod:`galnet.profiles.sersic` (profile math) -> :mod:`galnet.profiles.render` (PSF-convolved
+stamps) -> :mod:`galnet.sim.simulate` (survey-like training sets) -> network, fitter, evaluation.
 Conventions (pixel coordinates, magnitudes, position angles) are defined once in
 :mod:`galnet.conventions`; see ``docs/conventions.md``.
 """
@@ -22,7 +22,7 @@ from galnet.errors import (  # noqa: E402
 def __getattr__(name: str):
     # Lazy imports keep `import galnet` (and the CLI's start-up) light: torch loads on first use.
     if name == "render":
-        from galnet.render import render
+        from galnet.profiles.render import render
 
         return render
     raise AttributeError(f"module 'galnet' has no attribute {name!r}")

@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="simulate survey stamps into an HDF5 file",
                        description="Simulate Sérsic galaxies with PSFs, backgrounds and noise "
-                                   "(see galnet.simulate).")
+                                   "(see galnet.sim.simulate).")
     s.add_argument("--preset", default=None, help="survey preset (see `galnet presets`) "
                                                   "[default: the default preset]")
     s.add_argument("-n", "--n", type=_positive_int, required=True, help="number of stamps")
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train GaLNet on a simulated HDF5 file",
                        description="Adam + Huber training with resumable checkpoints "
-                                   "(see galnet.train; configs/hsc-r.toml).")
+                                   "(see galnet.nn.train; configs/hsc-r.toml).")
     t.add_argument("--config", type=Path, default=None, help="TOML training config")
     t.add_argument("--data", default=None, help="HDF5 file from galnet simulate [config's]")
     t.add_argument("--out-dir", default=None, help="checkpoints, log and weights [config's]")
@@ -412,7 +412,7 @@ def _cmd_translate_evaluate(a: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(a: argparse.Namespace) -> int:
-    from galnet.simulate import simulate
+    from galnet.sim.simulate import simulate
 
     t0 = time.perf_counter()
     out = simulate(a.preset, a.n, a.seed, a.out, bank=a.bank, snr_min=a.snr_min, chunk=a.chunk,
@@ -424,14 +424,14 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
 
 
 def _cmd_bank_build(a: argparse.Namespace) -> int:
-    from galnet.simulate import check_output_path
+    from galnet.sim.simulate import check_output_path
 
     if not a.data.is_dir():
         raise GalnetFileError(f"data directory {str(a.data)!r} does not exist")
     check_output_path(a.out)
     try:
-        from galnet.bank import build_bank
-    except ImportError as err:  # pragma: no cover - until galnet.bank exists
+        from galnet.sim.bank import build_bank
+    except ImportError as err:  # pragma: no cover - until galnet.sim.bank exists
         raise GalnetError(f"bank building is not available: {err}") from err
     kw = {} if a.pixel_scales is None else {"pixel_scales": tuple(a.pixel_scales)}
     out = build_bank(a.data, a.out, seed=a.seed, progress=not a.quiet, **kw)
@@ -484,7 +484,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
-    from galnet.train import load_config, train
+    from galnet.nn.train import load_config, train
 
     cfg = load_config(a.config, data=a.data, out_dir=a.out_dir, epochs=a.epochs,
                       n_train=a.n_train, n_val=a.n_val, batch=a.batch, lr=a.lr, seed=a.seed,
@@ -513,12 +513,12 @@ def _inputs(a: argparse.Namespace) -> dict:
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
-    from galnet.predict import predict_files
+    from galnet.nn.predict import predict_files
 
     kw = _inputs(a)
     t0 = time.perf_counter()
     if a.refine:
-        from galnet.fit import fit_files
+        from galnet.fitting.fitter import fit_files
 
         if a.save_models or a.no_chi2:
             raise _UsageError("--refine does not combine with --save-models or --no-chi2")
@@ -539,7 +539,7 @@ def _report(t, out, dt: float) -> None:
 
 
 def _cmd_fit(a: argparse.Namespace) -> int:
-    from galnet.fit import FitConfig, fit_files
+    from galnet.fitting.fitter import FitConfig, fit_files
 
     kw = _inputs(a)
     cfg = FitConfig(scale_errors=a.scale_errors, dtype=a.dtype)
@@ -551,7 +551,7 @@ def _cmd_fit(a: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
-    from galnet.evaluate import evaluate
+    from galnet.evaluate.metrics import evaluate
 
     kw = {}
     if a.snr_bins:
@@ -571,7 +571,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from galnet.export import FORMATS, export_catalog
+    from galnet.interop.export import FORMATS, export_catalog
 
     res = export_catalog(a.catalog, a.directory, a.to, psf=a.psf, images=a.images,
                          sigma=a.sigma, mask=a.mask, zeropoint=a.zeropoint,

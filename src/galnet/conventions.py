@@ -13,64 +13,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One catalogue parameter: its unit, hard bounds and how models should treat it.
-
-    Attributes
-    ----------
-    name : column name in catalogues and HDF5 files.
-    unit : astropy unit string ("" for dimensionless).
-    lower, upper : hard physical bounds (inclusive lower, inclusive upper unless noted).
-    log : whether the quantity is naturally log-scaled (network output, priors, fitter).
-    cyclic : period if the parameter is an angle, else None.
-    doc : one-line description.
-    """
-
-    name: str
-    unit: str
-    lower: float
-    upper: float
-    log: bool = False
-    cyclic: float | None = None
-    doc: str = ""
+from galnet.params import SERSIC, ParamSpec, column_units
 
 
-#: The seven Sérsic parameters in the order the network and the fitter use them.
-#: Bounds are the hard limits of the renderer and fitter; survey priors (narrower) live in
-#: the presets file (galnet/data/presets.toml).
-PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("x", "pix", -np.inf, np.inf,
-              doc="profile centre, 0-based column, pixel centres at integers"),
-    ParamSpec("y", "pix", -np.inf, np.inf,
-              doc="profile centre, 0-based row, pixel centres at integers"),
-    ParamSpec("mag", "mag", -np.inf, np.inf,
-              doc="AB magnitude of the total flux: zeropoint - 2.5 log10(flux)"),
-    ParamSpec("re_pix", "pix", 1e-3, 1e4, log=True,
-              doc="half-light radius along the semi-major axis"),
-    ParamSpec("n", "", 0.2, 10.0, log=True, doc="Sérsic index"),
-    ParamSpec("q", "", 0.02, 1.0, doc="axis ratio b/a"),
-    ParamSpec("pa_deg", "deg", 0.0, 180.0, cyclic=180.0,
-              doc="major-axis PA, CCW from +y, in [0, 180)"),
-)
+#: The seven Sérsic parameters in the order the network and the fitter use them, from the
+#: parameter table (:mod:`galnet.params`, the one source of truth). Survey priors (narrower)
+#: live in the presets file (galnet/data/presets.toml).
+PARAMS: tuple[ParamSpec, ...] = SERSIC.params
 
-PARAM_NAMES: tuple[str, ...] = tuple(p.name for p in PARAMS)
+PARAM_NAMES: tuple[str, ...] = SERSIC.names
 SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
 
 #: Units of every catalogue column galnet writes (used to attach astropy units).
-COLUMN_UNITS: dict[str, str] = {
-    **{p.name: p.unit for p in PARAMS},
-    "flux": "",  # image units (counts); dimensionless for astropy
-    "re_arcsec": "arcsec",
-    "snr": "",
-    "psf_fwhm": "arcsec",
-    "psf_fwhm_pix": "pix",
-}
+COLUMN_UNITS: dict[str, str] = column_units(SERSIC)
 
 
 def mag_to_flux(mag, zeropoint: float):
@@ -85,7 +42,7 @@ def flux_to_mag(flux, zeropoint: float):
 
 def wrap_pa(pa_deg):
     """Wrap position angles (degrees) into [0, 180)."""
-    return np.mod(np.asarray(pa_deg, dtype=float), 180.0)
+    return SPECS["pa_deg"].wrap(pa_deg)
 
 
 def stamp_centre(shape: tuple[int, int]) -> tuple[float, float]:

@@ -28,7 +28,7 @@ def save_gallery(h5_path: str | Path, png_path: str | Path, n: int = 25, title: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from galnet.simulate import read_params
+    from galnet.sim.simulate import read_params
 
     t = read_params(h5_path)
     with h5py.File(h5_path, "r") as f:
@@ -81,9 +81,9 @@ def run_demo(out_dir: str | Path = "galnet-demo", n: int = 2000, seed: int = 0,
 
     Returns the paths written: ``h5`` (simulation), ``stamps``/``psfs`` (FITS inputs), ``catalog``
     (ECSV), ``report`` (evaluation directory), ``gallery`` (25 input stamps)."""
-    from galnet.evaluate import evaluate
-    from galnet.predict import predict_files
-    from galnet.simulate import simulate
+    from galnet.evaluate.metrics import evaluate
+    from galnet.nn.predict import predict_files
+    from galnet.sim.simulate import simulate
 
     out_dir = Path(out_dir)
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from galnet.errors import GalnetFileError, GalnetValueError
-from galnet.fileio import atomic_write, jsonable
+from galnet.io.files import atomic_write, jsonable
 
 __all__ = ["DEFAULT_MODEL", "default_model_path", "read_cube", "translate_file", "evaluate_file"]
 

@@ -81,7 +81,6 @@ import inspect
 import math
 
 import torch
-import zuko
 from torch import Tensor, nn
 
 from galnet.errors import GalnetValueError
@@ -296,6 +295,8 @@ class GradientFlowLoss(GradientLoss):
         if not 0 <= self.scale_momentum < 1:
             raise GalnetValueError(f"scale_momentum must be in [0, 1), got {scale_momentum}",
                                    "scale_momentum", scale_momentum)
+        import zuko  # the 'translate' extra; imported here so the core CLI starts without it
+
         self.flow = zuko.flows.NSF(features=1, context=4 + self.n_bands, transforms=transforms,
                                    hidden_features=hidden, bins=bins)
         self.flow_optimizer = torch.optim.Adam(self.flow.parameters(), lr=flow_lr)

@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from galnet.errors import GalnetFileError, GalnetValueError
-from galnet.fileio import atomic_write
+from galnet.io.files import atomic_write
 
 __all__ = [
     "TranslatorConfig",

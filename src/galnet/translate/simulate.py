@@ -16,7 +16,7 @@ Photometry (exact, per component with template T and rest-frame r light fraction
 (``DM`` the distance modulus of the cosmology; ``A_T(b, z) - A_T(r, 0)`` is the K-correction
 plus the colour). Images are in nanomaggies per pixel (AB zeropoint 22.5).
 
-Rendering: bulge and disk with galnet's exact renderer (:func:`galnet.render.render`, effective
+Rendering: bulge and disk with galnet's exact renderer (:func:`galnet.profiles.render.render`, effective
 PSF sampled at pixel centres); knots as point sources placed by a Fourier shift of the same
 effective PSF. Noise: Gaussian sky of the domain's rms plus the sources' Poisson noise
 (``max(model, 0) / gain``, Gaussian approximation); the noiseless images are kept as truth.
@@ -52,8 +52,8 @@ import torch
 from astropy.table import Table
 
 from galnet.errors import GalnetFileError, GalnetPresetError, GalnetValueError
-from galnet.render import RenderConfig, render
-from galnet.simulate import analytic_psfs
+from galnet.profiles.render import RenderConfig, render
+from galnet.sim.simulate import analytic_psfs
 
 __all__ = [
     "Domain",

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from galnet.errors import GalnetValueError
-from galnet.fileio import atomic_write
+from galnet.io.files import atomic_write
 from galnet.translate.model import (
     PhotoZConfig,
     PhotoZNet,

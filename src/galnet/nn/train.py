@@ -1,4 +1,4 @@
-"""Training GaLNet on stamps from :func:`galnet.simulate.simulate` (Adam + Huber loss).
+"""Training GaLNet on stamps from :func:`galnet.sim.simulate.simulate` (Adam + Huber loss).
 
 One file, read top to bottom: :class:`TrainConfig` -> :func:`load_training_data` (an HDF5 file
 from ``galnet simulate``; the first ``n_train`` stamps train, the next ``n_val`` validate) ->
@@ -32,8 +32,9 @@ import torch
 from torch import nn
 
 from galnet.errors import GalnetFileError, GalnetValueError
-from galnet.fileio import atomic_write
-from galnet.model import (
+from galnet.stats import outlier_fraction, r2_score
+from galnet.io.files import atomic_write
+from galnet.nn.model import (
     PA_SIGMA_UNIT,
     GaLNet,
     ModelConfig,
@@ -100,8 +101,8 @@ class Split:
 
     images: torch.Tensor  # (N, S, S) image units
     psfs: torch.Tensor  # (N, P, P) unit sum
-    noise: torch.Tensor  # (N,) sky rms (galnet.model.sky_rms)
-    targets: torch.Tensor  # (N, 8) standardised (galnet.model.encode_targets)
+    noise: torch.Tensor  # (N,) sky rms (galnet.nn.model.sky_rms)
+    targets: torch.Tensor  # (N, 8) standardised (galnet.nn.model.encode_targets)
     truth: dict[str, np.ndarray]
 
 
@@ -205,17 +206,12 @@ def predict_split(model: GaLNet, split: Split, device: torch.device, batch: int 
 
 def quick_metrics(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict[str, float]:
     """R^2 (mag, log re, log n, q) and outlier fractions (relative error > 15%: re, n, flux)."""
-
-    def r2(a, b):
-        return float(1 - np.sum((a - b) ** 2) / np.sum((b - b.mean()) ** 2))
-
-    m = {}
-    m["r2_mag"] = r2(-2.5 * np.log10(pred["flux"]), -2.5 * np.log10(truth["flux"]))
+    m = {"r2_mag": r2_score(-2.5 * np.log10(truth["flux"]), -2.5 * np.log10(pred["flux"]))}
     for k in ("re_pix", "n"):
-        m[f"r2_log_{k}"] = r2(np.log10(pred[k]), np.log10(truth[k]))
-        m[f"outlier_{k}"] = float(np.mean(np.abs(pred[k] / truth[k] - 1) > 0.15))
-    m["r2_q"] = r2(pred["q"], truth["q"])
-    m["outlier_flux"] = float(np.mean(np.abs(pred["flux"] / truth["flux"] - 1) > 0.15))
+        m[f"r2_log_{k}"] = r2_score(np.log10(truth[k]), np.log10(pred[k]))
+        m[f"outlier_{k}"] = outlier_fraction(truth[k], pred[k])
+    m["r2_q"] = r2_score(truth["q"], pred["q"])
+    m["outlier_flux"] = outlier_fraction(truth["flux"], pred["flux"])
     return m
 
 

@@ -601,7 +601,7 @@ class _PSFSource:
             if "PSF_MASK" in hdu.columns.names and "POLNAXIS" in hdu.header:
                 self.model = galsim.des.DES_PSFEx(hdu)
             else:  # legacypipe "psfex-single": PSFEx keywords stored as columns
-                from galnet.bank import _psfex_hdu_from_legacypipe
+                from galnet.sim.bank import _psfex_hdu_from_legacypipe
 
                 self.model = galsim.des.DES_PSFEx(_psfex_hdu_from_legacypipe(self.name))
         except Exception as err:  # noqa: BLE001 - GalSim raises OSError/KeyError/AssertionError

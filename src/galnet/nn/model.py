@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from galnet.errors import GalnetFileError
-from galnet.fileio import atomic_write
+from galnet.io.files import atomic_write
 
 __all__ = [
     "ModelConfig",
@@ -55,7 +55,7 @@ TARGETS: tuple[str, ...] = ("dx", "dy", "logflux", "logre", "logn", "q", "cos2pa
 SIGMA_NAMES: tuple[str, ...] = ("dx", "dy", "logflux", "logre", "logn", "q", "pa")
 
 #: Shipped weights of the default (hsc-r) model.
-DEFAULT_WEIGHTS = Path(__file__).parent / "data" / "galnet-hsc-r.safetensors"
+DEFAULT_WEIGHTS = Path(__file__).parent.parent / "data" / "galnet-hsc-r.safetensors"
 
 #: Scale (degrees) of the PA uncertainty output: sigma_pa = exp(log_sigma) * PA_SIGMA_UNIT.
 PA_SIGMA_UNIT = 30.0
@@ -76,7 +76,7 @@ class ModelConfig:
     loc: list[float] = field(default_factory=lambda: [0.0, 0.0, 3.5, 0.5, 0.2, 0.55, 0.0, 0.0])
     scale: list[float] = field(default_factory=lambda: [2.0, 2.0, 0.8, 0.45, 0.4, 0.26, 0.7, 0.7])
     # Calibration of the predicted uncertainties (multiplies sigma), in the order of SIGMA_NAMES;
-    # set after training on the validation set (galnet.train.calibrate).
+    # set after training on the validation set (galnet.nn.train.calibrate).
     sigma_scale: list[float] = field(default_factory=lambda: [1.0] * 7)
     # Free-form provenance (preset, training data, ...), saved with the weights.
     info: dict = field(default_factory=dict)

@@ -39,7 +39,7 @@ from galnet.conventions import (
     to_imfit,
 )
 from galnet.errors import GalnetFileError, GalnetValueError
-from galnet.fileio import atomic_write
+from galnet.io.files import atomic_write
 
 __all__ = [
     "FORMATS",
@@ -148,7 +148,7 @@ class _Input:
 def _open_input(spec, what: str, n_rows: int, stack: contextlib.ExitStack,
                 ext: bool = False) -> _Input:
     """Classify ``spec`` (see the comment above); ``ext``: also take SIGMA/MASK extensions."""
-    from galnet.stamps import _first_image_hdu, _named_hdu, _open_fits
+    from galnet.io.stamps import _first_image_hdu, _named_hdu, _open_fits
 
     if spec is None:
         return _Input(what, "none", stamps=True)
@@ -463,7 +463,7 @@ def export_catalog(catalog, directory, to: str = "galfit", *, psf=None, images=N
 
     Parameters
     ----------
-    catalog : a catalogue path (ECSV/FITS/Parquet/CSV, read by :func:`galnet.stamps.read_catalog`)
+    catalog : a catalogue path (ECSV/FITS/Parquet/CSV, read by :func:`galnet.io.stamps.read_catalog`)
         or an astropy Table / mapping with columns x, y (0-based pixels of the input image),
         re_pix, n, q, pa_deg, flux or mag, and optionally ``id`` (the file names).
     directory : output folder (created); existing files are replaced.
@@ -494,7 +494,7 @@ def export_catalog(catalog, directory, to: str = "galfit", *, psf=None, images=N
     the image header: the EXPTIME of a given 2-D image is used, planes are written with
     ``EXPTIME = 1``. Positions are in the pixels of ``images`` (docs/export.md).
     """
-    from galnet.stamps import read_catalog
+    from galnet.io.stamps import read_catalog
 
     if to not in FORMATS:
         raise GalnetValueError(f"unknown export format {to!r} (use {' or '.join(FORMATS)})",
@@ -578,7 +578,7 @@ def export_catalog(catalog, directory, to: str = "galfit", *, psf=None, images=N
                         "section)\n" if section else "")
                 text = imfit_config(p, size=size, limits=limits, sky=sky,
                                     header=head + "\n" + note + "run from this folder: " + cmd
-                                    + "\nread back: galnet.export.read_imfit_bestfit("
+                                    + "\nread back: galnet.interop.export.read_imfit_bestfit("
                                     f"'{name}.imfit.bestfit', zeropoint=...)")
                 written.append(_write_text(directory / f"{name}.imfit.conf", text))
     skipped = [names[k] for k in np.flatnonzero(~good)]
@@ -850,7 +850,7 @@ def _import_pyimfit():
     try:
         import pyimfit
     except ImportError as err:
-        raise ImportError("galnet.export.imfit_fit needs PyImfit: pip install pyimfit "
+        raise ImportError("galnet.interop.export.imfit_fit needs PyImfit: pip install pyimfit "
                           "(or galnet[test])") from err
     return pyimfit
 

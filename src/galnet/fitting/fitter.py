@@ -2,8 +2,8 @@
 
 :func:`fit_arrays` fits stamps of any size (N, H, W) -- 61x61 cutouts or one large image at
 native resolution -- with a Levenberg-Marquardt loop run for all stamps at once on the renderer of
-:mod:`galnet.render` (the exact model: Sérsic x effective PSF, sampled at pixel centres).
-:func:`fit` does the same for a :class:`galnet.stamps.StampBatch` and returns the catalogue of
+:mod:`galnet.profiles.render` (the exact model: Sérsic x effective PSF, sampled at pixel centres).
+:func:`fit` does the same for a :class:`galnet.io.stamps.StampBatch` and returns the catalogue of
 ``galnet fit`` (a contract; ``docs/fit.md``): the columns of ``galnet predict`` plus ``niter``,
 ``converged`` and the fitted ``sky`` when one is fitted.
 
@@ -51,8 +51,8 @@ import torch
 
 from galnet.conventions import SPECS
 from galnet.errors import GalnetValueError
-from galnet.render import DEFAULT_CONFIG, RenderConfig, psf_transform, render_grouped, window_sizes
-from galnet.sersic import enclosed_fraction
+from galnet.profiles.render import DEFAULT_CONFIG, RenderConfig, psf_transform, render_grouped, window_sizes
+from galnet.profiles.sersic import enclosed_fraction
 
 __all__ = ["FitConfig", "fit_arrays", "moments_init", "auto_mask", "fisher_errors", "fit",
            "fit_files", "FIT_KEYS"]
@@ -368,7 +368,7 @@ def _check_psfs(psfs, N: int) -> np.ndarray:
 
 def _weights(images, sigma, mask, gain) -> tuple[np.ndarray, np.ndarray]:
     """(data with masked/non-finite pixels zeroed, 1/sigma with 0 at ignored pixels)."""
-    from galnet.model import sky_rms
+    from galnet.nn.model import sky_rms
 
     N = images.shape[0]
     ignore = ~np.isfinite(images)
@@ -709,7 +709,7 @@ def moments_init(images, psfs, *, mask=None, sigma=None, nsigma: float = 1.5) ->
         _as_array3(mask, "mask") != 0, images.shape)
     ign = ign | ~np.isfinite(images)
     if sigma is None:
-        from galnet.model import sky_rms
+        from galnet.nn.model import sky_rms
 
         rms = sky_rms(torch.as_tensor(np.where(ign, np.nan, images)), nan=True).numpy()
         sig = np.broadcast_to(np.where(np.isfinite(rms) & (rms > 0), rms, 1.0)[:, None, None],
@@ -778,7 +778,7 @@ def moments_init(images, psfs, *, mask=None, sigma=None, nsigma: float = 1.5) ->
 def _init_from_catalog(cat, stamps) -> dict[str, np.ndarray]:
     """Initial parameters for ``stamps`` from a catalogue in input pixels (matched by ``id``
     when the catalogue has every id of the stamps, else row by row)."""
-    from galnet.stamps import read_catalog
+    from galnet.io.stamps import read_catalog
 
     t = read_catalog(cat) if not hasattr(cat, "colnames") else cat
     name = cat if isinstance(cat, str) else "init catalogue"
@@ -814,7 +814,7 @@ def _native_size(images) -> int:
     """Odd side of the square stamp that holds the largest input image whole."""
     import contextlib
 
-    from galnet.stamps import _main_input
+    from galnet.io.stamps import _main_input
 
     with contextlib.ExitStack() as stack:
         cube, _ = _main_input(images, "images", stack)
@@ -823,7 +823,7 @@ def _native_size(images) -> int:
 
 def _first_guess(stamps, init, **kw):
     """Initial parameters of ``stamps`` as a catalogue in input pixels (``init`` nn/moments)."""
-    from galnet.predict import catalog_table
+    from galnet.nn.predict import catalog_table
 
     start = _start(stamps, init, kw.get("model"), kw.get("device", "cpu"))[0]
     res = {**{f"{k}_err": np.full(len(stamps), np.nan) for k in FIT_KEYS}, **start,
@@ -833,10 +833,10 @@ def _first_guess(stamps, init, **kw):
 
 def _start(stamps, init, model, device) -> tuple[dict[str, np.ndarray], str]:
     """Initial parameters (stamp pixels) and a name for them."""
-    from galnet.predict import predict_arrays
+    from galnet.nn.predict import predict_arrays
 
     if isinstance(init, str) and init == "nn":
-        from galnet.model import GaLNet, load_model
+        from galnet.nn.model import GaLNet, load_model
 
         if not isinstance(model, GaLNet):
             model = load_model(model, device=device)
@@ -853,7 +853,7 @@ def _start(stamps, init, model, device) -> tuple[dict[str, np.ndarray], str]:
 def fit(stamps, *, init="nn", sky: str = "none", auto_mask_neighbours: bool = True,
         gain: float | None = None, model=None, device="cpu", config: FitConfig = DEFAULT_FIT,
         nn_prior: bool = False, progress: bool = False):
-    """The ``galnet fit`` catalogue (QTable with units) of a :class:`galnet.stamps.StampBatch`.
+    """The ``galnet fit`` catalogue (QTable with units) of a :class:`galnet.io.stamps.StampBatch`.
 
     ``init``: ``"nn"`` (GaLNet, the default), ``"moments"`` (:func:`moments_init`), or a
     catalogue (path or table, input pixels). Neighbours are masked with :func:`auto_mask` around
@@ -865,7 +865,7 @@ def fit(stamps, *, init="nn", sky: str = "none", auto_mask_neighbours: bool = Tr
     errors as a Gaussian prior (``fit_arrays(prior=...)``).
     """
     from galnet.flags import Flag
-    from galnet.predict import LOW_SNR_LIMIT, catalog_table
+    from galnet.nn.predict import LOW_SNR_LIMIT, catalog_table
 
     has_map = any(k in stamps.meta for k in ("sigma", "ivar"))
     sigma = stamps.sigma if (has_map or gain is None) else None
@@ -921,8 +921,8 @@ def fit_files(out, *, images=None, psf=None, sigma=None, ivar=None, mask=None, f
     from astropy.table import vstack
     from tqdm.auto import tqdm
 
-    from galnet.predict import open_inputs
-    from galnet.stamps import catalog_format, read_catalog, write_catalog
+    from galnet.nn.predict import open_inputs
+    from galnet.io.stamps import catalog_format, read_catalog, write_catalog
 
     catalog_format(out)
     if sky not in ("none", "flat"):
@@ -946,7 +946,7 @@ def fit_files(out, *, images=None, psf=None, sigma=None, ivar=None, mask=None, f
         inputs["rebin"] = 1
     batches = open_inputs(preset=preset, **inputs)
     if isinstance(init, str) and init == "nn":
-        from galnet.model import GaLNet, load_model
+        from galnet.nn.model import GaLNet, load_model
 
         if not isinstance(model, GaLNet):
             model = load_model(model, device=device)

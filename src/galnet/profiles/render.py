@@ -43,7 +43,7 @@ cost of a few thousand profile evaluations and one small FFT per stamp.
 ``mode="imfit"`` reproduces Imfit instead: its own pixel sub-sampling (integrating the Sérsic
 over pixels near the centre) followed by the discrete convolution with the PSF image, which
 counts the pixel response twice. It exists only for comparisons with Imfit and GALFIT
-(:mod:`galnet.render_imfit`).
+(:mod:`galnet.profiles.imfit`).
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ import torch
 from scipy import special
 
 from galnet.errors import GalnetPSFError, GalnetValueError
-from galnet.render_imfit import imfit_T
-from galnet.sersic import gammainc_p, sersic_bn
+from galnet.profiles.imfit import imfit_T
+from galnet.profiles.sersic import gammainc_p, sersic_bn
 
 __all__ = ["render", "RenderConfig", "render_tensors", "render_grouped", "quintic"]
 

@@ -3,7 +3,7 @@
 :func:`predict_arrays` runs the network on stamps (N, 61, 61) and PSFs (N or 1, 25, 25) in
 chunks and, unless ``chi2=False``, renders each predicted model through its PSF to give ``chi2nu``
 (and the model's optimal ``snr``) against the stamp. :func:`predict` does the same for a
-:class:`galnet.stamps.StampBatch` (what :func:`galnet.stamps.load_stamps` / ``load_frame`` read
+:class:`galnet.io.stamps.StampBatch` (what :func:`galnet.io.stamps.load_stamps` / ``load_frame`` read
 from FITS) and returns the catalogue of ``galnet predict`` (a contract; see ``docs/predict.md``):
 ``id, x, y, mag, flux, re_pix, re_arcsec, n, q, pa_deg`` each with ``_err``, then ``chi2nu``,
 ``snr``, ``flags`` (:class:`galnet.flags.Flag`).
@@ -11,7 +11,7 @@ from FITS) and returns the catalogue of ``galnet predict`` (a contract; see ``do
 Conventions: :mod:`galnet.conventions`. ``x, y`` and ``re_pix`` are in the pixels of the *input*
 (for rebinned or cut-out stamps they are mapped back with the stamp's transform).
 ``chi2nu = sum(((image - model) / sigma)^2) / (N_pix - 7)`` over unmasked pixels; ``sigma`` is the
-sigma map when given, else the stamp's robust sky rms (:func:`galnet.model.sky_rms`).
+sigma map when given, else the stamp's robust sky rms (:func:`galnet.nn.model.sky_rms`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 
 from galnet.errors import GalnetValueError
 from galnet.flags import Flag
-from galnet.model import GaLNet, decode, load_model, prepare_inputs, sky_rms
-from galnet.render import DEFAULT_CONFIG, psf_transform, render_grouped, window_sizes
+from galnet.nn.model import GaLNet, decode, load_model, prepare_inputs, sky_rms
+from galnet.profiles.render import DEFAULT_CONFIG, psf_transform, render_grouped, window_sizes
 
 __all__ = ["predict_arrays", "predict", "predict_files", "open_inputs", "catalog_table",
            "CHI2_RENDER", "catalog_columns"]
@@ -186,7 +186,7 @@ def out_of_prior(res: dict[str, np.ndarray], model: GaLNet) -> np.ndarray:
 def predict(stamps, *, model: GaLNet | str | Path | None = None, device="cpu", batch: int = 2048,
             chi2: bool = True, models_out=None, progress: bool = False):
     """The ``galnet predict`` catalogue (astropy QTable with units) of a
-    :class:`galnet.stamps.StampBatch`. Positions and radii are mapped to the input pixels."""
+    :class:`galnet.io.stamps.StampBatch`. Positions and radii are mapped to the input pixels."""
     dev = _resolve_device(device)
     if not isinstance(model, GaLNet):
         model = load_model(model, device=dev)
@@ -201,7 +201,7 @@ def predict(stamps, *, model: GaLNet | str | Path | None = None, device="cpu", b
 
 def catalog_table(stamps, res: dict[str, np.ndarray], flags: np.ndarray, model_name: str):
     """The catalogue (QTable with units) of ``res`` (stamp-pixel parameters and ``_err``,
-    ``chi2nu``, ``snr``) for the stamps of a :class:`galnet.stamps.StampBatch`: positions and
+    ``chi2nu``, ``snr``) for the stamps of a :class:`galnet.io.stamps.StampBatch`: positions and
     radii mapped to the input pixels, ``mag`` from the zeropoint, ``ra``/``dec`` for a frame
     with a celestial WCS. Shared by ``galnet predict`` and ``galnet fit``."""
     from astropy import units as u
@@ -273,7 +273,7 @@ def predict_files(
     from astropy.table import vstack
     from tqdm.auto import tqdm
 
-    from galnet.stamps import catalog_format, write_catalog
+    from galnet.io.stamps import catalog_format, write_catalog
 
     catalog_format(out)  # unknown suffix: fail before any work
     batches = open_inputs(images=images, psf=psf, sigma=sigma, ivar=ivar, mask=mask, frame=frame,
@@ -313,9 +313,9 @@ def open_inputs(*, images=None, psf=None, sigma=None, ivar=None, mask=None, fram
                 positions=None, psf_positions=None, pixel_scale=None, zeropoint=None,
                 preset="hsc-r", chunk: int = 4096, rebin="auto"):
     """The stamps of ``galnet predict`` / ``galnet fit`` inputs as a
-    :class:`galnet.stamps.StampIterator` of batches (``images``, or ``frame`` with ``positions``;
+    :class:`galnet.io.stamps.StampIterator` of batches (``images``, or ``frame`` with ``positions``;
     ``psf_positions`` places stamps in their frame for a PSFEx ``psf``)."""
-    from galnet.stamps import iter_frame, iter_stamps, read_catalog
+    from galnet.io.stamps import iter_frame, iter_stamps, read_catalog
 
     if (images is None) == (frame is None):
         raise GalnetValueError("give either images (stamps) or frame (with positions)", "images")
@@ -358,7 +358,7 @@ class _CubeWriter:
     def close(self) -> None:
         from astropy.io import fits
 
-        from galnet.fileio import atomic_write
+        from galnet.io.files import atomic_write
 
         for name, parts in self.parts.items():
             if parts:

@@ -28,7 +28,7 @@ import torch
 
 from galnet.conventions import _CB99, _M03  # Imfit's b_n constants (conventions.imfit_bn)
 from galnet.errors import GalnetValueError
-from galnet.sersic import sersic_bn
+from galnet.profiles.sersic import sersic_bn
 
 __all__ = ["imfit_T", "imfit_bn_torch", "subsample_counts"]
 
@@ -108,7 +108,7 @@ def imfit_T(
     pa : (N,) position angle, radians CCW from +y.
     grid_x : (Wc,) x of the pixel centres (0-based; may be negative, e.g. the PSF margin).
     grid_y : (Hc,) y of the pixel centres.
-    bn : ``"exact"`` (default): galnet's exact ``b_n`` (:func:`galnet.sersic.sersic_bn`), used both
+    bn : ``"exact"`` (default): galnet's exact ``b_n`` (:func:`galnet.profiles.sersic.sersic_bn`), used both
         in the profile shape and in ``I_e = flux / (2 pi q re^2 n e^b b^-2n Gamma(2n))``.
         ``"imfit"``: Imfit's series ``b_n`` in both, which with ``I_e`` from
         :func:`galnet.conventions.to_imfit` is *exactly* Imfit's profile. Or an (N,) tensor.

@@ -4,11 +4,11 @@ For each stamp (``preset.stamp`` pixels square, conventions of :mod:`galnet.conv
 
 1. galaxy parameters from the preset's priors (:meth:`galnet.presets.Preset.sample_params`);
 2. an *effective* PSF (pixel response included), ``psf_size`` square, unit sum: a real PSF from a
-   bank (:class:`galnet.bank.Bank`, share ``preset.psf.bank_fraction``, drawn among the bank PSFs
+   bank (:class:`galnet.sim.bank.Bank`, share ``preset.psf.bank_fraction``, drawn among the bank PSFs
    whose FWHM lies in the preset's seeing range) or an analytic Moffat /
    Kolmogorov profile with the seeing FWHM and a small shear, integrated over each pixel
    (3 x 3 Gauss-Legendre nodes; agrees with GalSim's ``Convolve(psf, Pixel)`` to ~3e-5 of the peak);
-3. the noiseless galaxy rendered with :func:`galnet.render.render` (float32, batched);
+3. the noiseless galaxy rendered with :func:`galnet.profiles.render.render` (float32, batched);
 4. a background: with a bank, a real unit-rms cutout times ``sky_rms``; without, Gaussian sky noise
    (optionally correlated), neighbour galaxies and stars (same renderer with a smaller exactly
    integrated window, same PSF);
@@ -47,7 +47,7 @@ import numpy as np
 from galnet import __version__
 from galnet.conventions import COLUMN_UNITS, mag_to_flux
 from galnet.errors import GalnetFileError, GalnetValueError
-from galnet.fileio import atomic_write
+from galnet.io.files import atomic_write
 from galnet.presets import Preset, get_preset
 
 __all__ = [
@@ -339,7 +339,7 @@ def _render(params: dict[str, np.ndarray], psfs: np.ndarray, shape: tuple[int, i
     """
     if len(psfs) == 0:
         return np.zeros((0, *shape), dtype=np.float32)
-    from galnet.render import DEFAULT_CONFIG, render
+    from galnet.profiles.render import DEFAULT_CONFIG, render
 
     config = replace(DEFAULT_CONFIG, window=_NUISANCE_WINDOW) if nuisance else DEFAULT_CONFIG
     cols = ("x", "y", "flux", "re_pix", "n", "q", "pa_deg")
@@ -455,7 +455,7 @@ def simulate(
     seed : non-negative integer; the output is a deterministic function of it.
     out : output path (.h5); its directory must exist. An existing file is replaced.
     bank : None (synthetic backgrounds, analytic PSFs), a bank file path or a
-        :class:`galnet.bank.Bank`: real backgrounds and a mix of real and analytic PSFs.
+        :class:`galnet.sim.bank.Bank`: real backgrounds and a mix of real and analytic PSFs.
     snr_min : redraw galaxies whose optimal S/N is below this [default: keep all].
     chunk : stamps rendered and written at once (memory ~ 60 kB x chunk); rounded up to a multiple
         of :data:`BLOCK`. Does not change the result. [default: 4096]
@@ -568,7 +568,7 @@ def _worker_chunk(preset: Preset, bank_path: str | None, fraction: float, snr_mi
     bank = None
     if bank_path is not None:
         if bank_path not in _WORKER_BANKS:
-            from galnet.bank import Bank
+            from galnet.sim.bank import Bank
 
             _WORKER_BANKS[bank_path] = Bank(bank_path)
         bank = _WORKER_BANKS[bank_path]
@@ -713,7 +713,7 @@ def _open_bank(bank, preset: Preset):
         if not Path(bank).is_file():
             raise GalnetFileError(f"bank file {str(bank)!r} does not exist "
                                   "(build one with `galnet bank build`)")
-        from galnet.bank import Bank
+        from galnet.sim.bank import Bank
 
         bank = Bank(bank)
     scales = [float(s) for s in getattr(bank, "pixel_scales", ())]

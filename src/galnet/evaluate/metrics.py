@@ -70,9 +70,10 @@ from typing import Any
 import numpy as np
 
 from galnet.conventions import SPECS
+from galnet.stats import OUTLIER_REL, nmad, r2_score  # noqa: F401 (re-exported)
 from galnet.errors import GalnetFileError, GalnetValueError
-from galnet.fileio import atomic_write
-from galnet.fileio import jsonable as _jsonable
+from galnet.io.files import atomic_write
+from galnet.io.files import jsonable as _jsonable
 
 __all__ = [
     "evaluate",
@@ -92,7 +93,6 @@ METRIC_KEYS: dict[str, str] = {
     "mag": "mag", "re_pix": "re", "n": "n", "q": "q", "x": "x", "y": "y", "pa_deg": "pa_deg",
 }
 #: Relative-error outlier threshold (mag: of the flux; re, n, q: of the value).
-OUTLIER_REL = 0.15
 #: Outlier threshold of x and y (pixels).
 OUTLIER_POS_PIX = 1.0
 #: Outlier threshold of the wrapped PA difference (degrees).
@@ -122,27 +122,6 @@ _H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 # ----------------------------------------------------------------------------------------------
 # Basic statistics
 # ----------------------------------------------------------------------------------------------
-def nmad(d) -> float:
-    """Normalised median absolute deviation ``1.4826 median(|d - median(d)|)`` (NaN if empty)."""
-    d = np.asarray(d, dtype=float)
-    if d.size == 0:
-        return math.nan
-    return float(1.4826 * np.median(np.abs(d - np.median(d))))
-
-
-def r2_score(true, pred) -> float:
-    """Coefficient of determination ``1 - sum((p - t)^2) / sum((t - mean t)^2)`` (NaN when
-    fewer than 2 rows or the truth is constant)."""
-    t = np.asarray(true, dtype=float)
-    p = np.asarray(pred, dtype=float)
-    if t.size < 2:
-        return math.nan
-    ss_tot = float(np.sum((t - t.mean()) ** 2))
-    if ss_tot == 0.0:
-        return math.nan
-    return 1.0 - float(np.sum((p - t) ** 2)) / ss_tot
-
-
 def wrap_pa_diff(pred_deg, true_deg):
     """Position-angle difference ``pred - true`` (degrees) wrapped into [-90, 90)."""
     d = np.asarray(pred_deg, dtype=float) - np.asarray(true_deg, dtype=float)
@@ -154,7 +133,7 @@ def wrap_pa_diff(pred_deg, true_deg):
 # ----------------------------------------------------------------------------------------------
 def read_table(source, role: str = "catalogue"):
     """An astropy Table from a path (ECSV, FITS, Parquet, CSV...; HDF5 from ``galnet simulate``
-    through :func:`galnet.simulate.read_params`) or a Table passed through.
+    through :func:`galnet.sim.simulate.read_params`) or a Table passed through.
 
     ``role`` names the table in error messages ("pred", "truth"). Raises
     :class:`GalnetFileError` for a missing or unreadable file.
@@ -172,7 +151,7 @@ def read_table(source, role: str = "catalogue"):
     if path.is_dir():
         raise GalnetFileError(f"{role} file {str(path)!r} is a directory")
     if path.suffix.lower() in _H5_SUFFIXES:
-        from galnet.simulate import read_params
+        from galnet.sim.simulate import read_params
 
         t = read_params(path)
         t.meta["galnet_h5"] = str(path)
@@ -879,7 +858,7 @@ def gallery_from_simulation(pred, h5_path: str | os.PathLike, rows) -> dict[str,
     with the file's PSFs and zeropoint. Predicted shapes are clipped to the renderer's bounds."""
     import h5py
 
-    from galnet.render import render
+    from galnet.profiles.render import render
 
     rows = np.asarray(rows, dtype=int)
     order = np.argsort(rows)
