@@ -55,14 +55,15 @@ def main() -> None:
               f"model {flops['params'] / 1e6:.2f} M parameters, {flops['flops'] / 1e6:.1f} MFLOP "
               f"per stamp")
         predict_files(tmp / "warm.ecsv", images=tmp / "stamps.fits", psf=tmp / "psfs.fits",
-                      model=model, device=a.device, chunk=a.chunk, progress=False, chi2=False)
+                      model=model, device=a.device, chunk=a.chunk, progress=False, chi2=False,
+                      overwrite=True)
         for chi2 in (True, False):
             best = np.inf
             for _ in range(a.repeat):
                 t0 = time.perf_counter()
                 predict_files(tmp / "cat.fits", images=tmp / "stamps.fits",
                               psf=tmp / "psfs.fits", model=model, device=a.device,
-                              chunk=a.chunk, chi2=chi2, progress=False)
+                              chunk=a.chunk, chi2=chi2, progress=False, overwrite=True)
                 if a.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 best = min(best, time.perf_counter() - t0)

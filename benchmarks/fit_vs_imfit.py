@@ -6,9 +6,10 @@
 On the first ``n`` stamps of a simulated test file (real-background hsc-r stamps from
 ``galnet simulate --bank``: real sky, real correlated noise, neighbours; their sigma maps and
 PSFs), all methods get the same inputs: the stamp, its sigma map, its 25x25 PSF and one neighbour
-mask (:func:`galnet.fitting.fitter.auto_mask` around the stamp centre, computed once). Initial guesses for
-the fits from moments are :func:`galnet.fitting.fitter.moments_init` (segment centroid, second moments minus
-the PSF's, half-light radius, concentration -> n), as a careful user would make them.
+mask (:func:`galnet.fitting.init.auto_mask` around the stamp centre, computed once). Initial
+guesses for the fits from moments are :func:`galnet.fitting.init.moments_init` (segment centroid,
+second moments minus the PSF's, half-light radius, concentration -> n), as a careful user would
+make them.
 
 - ``nn``: GaLNet alone (``galnet.nn.predict.predict_arrays``).
 - ``fit(moments)``: galnet's batched Levenberg-Marquardt from the moment guesses.
@@ -22,7 +23,7 @@ Reported (in the same run, on the same machine): evaluate's metrics (R², outlie
 NMAD) overall and at S/N > 20, catastrophic failures (|Δre|/re > 50%), chi2nu per method and
 the fraction of stamps where galnet's chi2nu <= Imfit's x 1.005, throughput (fit time only, and
 end to end), and the Cramér-Rao efficiency ``1 / NMAD((fit - truth) / sigma_CRB)`` per parameter
-(``sigma_CRB`` from :func:`galnet.fitting.fitter.fisher_errors` at the truth with the stamp's sigma map,
+(``sigma_CRB`` from :func:`galnet.fitting.lm.fisher_errors` at the truth with the stamp's sigma map,
 PSF and mask). With ``--white`` the same stamps are also re-simulated as model + white Gaussian
 noise of the sigma map (no neighbours, no correlated noise): where the model is exactly right.
 Writes ``results.json`` and ``report.md`` into ``--out``.
@@ -41,11 +42,14 @@ import h5py
 import numpy as np
 import torch
 
-from galnet.evaluate.metrics import _residuals, nmad, param_metrics
-from galnet.fitting.fitter import FitConfig, auto_mask, fisher_errors, fit_arrays, moments_init
+from galnet.evaluate.residuals import param_metrics, residuals
+from galnet.fitting.init import auto_mask, moments_init
+from galnet.fitting.lm import fisher_errors, fit_arrays
+from galnet.fitting.problem import FitConfig
 from galnet.nn.predict import predict_arrays
 from galnet.profiles.render import render
 from galnet.sim.simulate import read_params
+from galnet.stats import nmad
 
 PARAMS = ("mag", "re", "n", "q", "pa_deg", "x")
 COLS = {"mag": "mag", "re": "re_pix", "n": "n", "q": "q", "pa_deg": "pa_deg", "x": "x"}
@@ -53,7 +57,7 @@ CRB_KEYS = ("re_pix", "n", "q", "flux", "x", "pa_deg")
 
 
 def _imfit_one(args):
-    from galnet.interop.export import imfit_fit
+    from galnet.interop.pyimfit_runner import imfit_fit
 
     img, psf, sig, mask, init = args
     try:
@@ -89,8 +93,8 @@ def metrics(res: dict, truth, zp: float, rows: np.ndarray) -> dict:
         ok = np.isfinite(pv) & rows
         if p in ("re", "n"):
             ok &= pv > 0
-        r = _residuals(p, col, np.asarray(truth[col], float)[ok], pv[ok], None,
-                       np.asarray(truth["q"], float)[ok])
+        r = residuals(col, np.asarray(truth[col], float)[ok], pv[ok], None,
+                      np.asarray(truth["q"], float)[ok])
         m = param_metrics(r)
         m["n_failed"] = int((rows & ~ok).sum())
         out[p] = m

@@ -13,7 +13,7 @@ by GalSim::
     image_galsim = image - galnet_render(params, psf) + galsim_render(params, psf)
 
 so the background, neighbours, stars and the noise realisation stay identical. ``galnet_render`` is
-the simulator's own call (:func:`galnet.sim.simulate._render`: float32, default config), so the
+the simulator's own call (:func:`galnet.sim.compose.render_stamps`: float32, default config), so the
 subtraction is exact to float32 rounding (``--verify-blocks`` checks this by re-running the
 simulator on the first blocks). ``sigma`` and ``params`` (``snr`` included) are copied unchanged:
 the source Poisson variance is that of the galnet galaxy (the renderers differ by < 1e-2 of the
@@ -44,7 +44,9 @@ import h5py
 import numpy as np
 
 from galnet.errors import GalnetFileError, GalnetValueError
-from galnet.sim.simulate import _render, _write_atomic, check_output_path
+from galnet.io.files import atomic_write
+from galnet.sim.compose import render_stamps
+from galnet.sim.simulate import check_output_path
 
 #: Parameters of one galaxy passed to the renderers.
 SHAPE_KEYS = ("x", "y", "flux", "re_pix", "n", "q", "pa_deg")
@@ -149,8 +151,8 @@ def _pool(workers: int) -> Iterator:
 def galnet_stamps(params: dict[str, np.ndarray], psfs: np.ndarray, shape: tuple[int, int]
                   ) -> np.ndarray:
     """The galaxies exactly as ``galnet simulate`` rendered them: (N, H, W) float32."""
-    return _render({k: np.ascontiguousarray(params[k], dtype=float) for k in SHAPE_KEYS},
-                   np.asarray(psfs), shape)
+    return render_stamps({k: np.ascontiguousarray(params[k], dtype=float) for k in SHAPE_KEYS},
+                         np.asarray(psfs), shape)
 
 
 def compare(galsim: np.ndarray, galnet: np.ndarray, flux: np.ndarray, sigma: np.ndarray
@@ -289,7 +291,11 @@ def convert(path_in: str | os.PathLike, path_out: str | os.PathLike, n: int, wor
         })
 
     try:
-        _write_atomic(out, fill)
+        def write(tmp: Path) -> None:
+            with h5py.File(tmp, "w") as f:
+                fill(f)
+
+        atomic_write(out, write)
     finally:
         src.close()
     for k in ("rows", "max_d_peak", "dflux", "max_d_sigma", "attempt"):
@@ -309,35 +315,34 @@ def simulator_galaxies(path: str | os.PathLike, blocks: int = 1) -> tuple[np.nda
     Needs the bank file named in the attributes (when the file used one). The galaxy of a stamp is
     the last render of its final parameters (``snr_min`` redraws re-render some).
     """
-    import galnet.sim.simulate as sim
-    from galnet.presets import _build
+    import galnet.sim.compose as compose
+    from galnet.presets import Preset
 
     with h5py.File(path, "r") as f:
         a = dict(f.attrs)
         n_file = len(f["params"])
-    cfg = json.loads(a["preset_config"])
-    preset = _build(cfg.pop("name"), cfg)
+    preset = Preset.from_json(a["preset_config"])
     bank = None
     if a["background"] == "bank":
         from galnet.sim.bank import Bank
 
         bank = Bank(json.loads(a["bank"])["path"])
     snr_min = None if str(a["snr_min"]) == "none" else float(a["snr_min"])
-    blocks = min(blocks, -(-n_file // sim.BLOCK))
+    blocks = min(blocks, -(-n_file // compose.BLOCK))
     seeds = np.random.SeedSequence(int(a["seed"])).spawn(blocks)  # child k depends only on k
     calls: list[tuple[dict, np.ndarray]] = []
 
     def recording(params, psfs, shape, nuisance=False):
-        img = _render(params, psfs, shape, nuisance)
+        img = render_stamps(params, psfs, shape, nuisance)
         if not nuisance:
             calls.append(({k: np.array(params[k]) for k in ("x", "y", "flux")}, img))
         return img
 
-    sim._render = recording
+    compose.render_stamps = recording
     try:
-        res = sim._compute_chunk(preset, bank, float(a["bank_psf_fraction"]), snr_min, seeds)
+        res = compose.compute_chunk(preset, bank, float(a["bank_psf_fraction"]), snr_min, seeds)
     finally:
-        sim._render = _render
+        compose.render_stamps = render_stamps
     last = {}
     for p, img in calls:  # later renders of the same parameters overwrite earlier ones
         for i in range(len(img)):

@@ -11,10 +11,10 @@ The data live beside the project, never in it (``../shared/data/README.md``):
 ``ExampleInit.tab`` (ICRAR/ProFit ``inst/extdata``, ``data/ExampleInit.tab``; LGPL-3).
 This module is for tests and benchmarks only: importable loaders (:func:`load_gama`,
 :func:`list_cataids`, :func:`to_sky`, :func:`kids_to_sdss`), single-Sérsic fits of one galaxy by
-galnet (:func:`galnet_fit`: :func:`galnet.fitting.fitter.fit_arrays` at native resolution) and by PyImfit
-(:func:`imfit_gama`: :func:`galnet.interop.export.imfit_fit`) with the same image, sigma map, mask and
-PSF, :func:`fit_all` and :func:`differences`; as a script, every galaxy in both surveys, printed
-as tables (galnet vs Imfit, the two galnet starts and dtypes, SDSS vs KiDS, timings).
+galnet (:func:`galnet_fit`: :func:`galnet.fitting.lm.fit_arrays` at native resolution) and by
+PyImfit (:func:`imfit_gama`: :func:`galnet.interop.imfit_fit`) with the same image, sigma map,
+mask and PSF, :func:`fit_all` and :func:`differences`; as a script, every galaxy in both surveys,
+printed as tables (galnet vs Imfit, the two galnet starts and dtypes, SDSS vs KiDS, timings).
 
 What the files are (measured on the files; ProFit's sources quoted where they say it)
 ------------------------------------------------------------------------------------------
@@ -84,8 +84,8 @@ the stamp centre and ``re_pix`` scaled by 0.2/0.339, other parameters unchanged.
 Findings (tests/test_gama_galaxies.py checks them; one 2-core CPU, one thread)
 -------------------------------------------------------------------------------
 - galnet converges on all 20 images in 2-5 iterations from ExampleInit and from
-  :func:`galnet.fitting.fitter.moments_init` (re 0.88-1.27x, n up to 2 off), no bound hit, in 0.04-0.17 s
-  per fit (float64; 1.6 s for all 20); PyImfit's LM takes 0.16-2.7 s (13 s for all 20).
+  :func:`galnet.fitting.init.moments_init` (re 0.88-1.27x, n up to 2 off), no bound hit, in
+  0.04-0.17 s per fit (float64; 1.6 s for all 20); PyImfit's LM takes 0.16-2.7 s (13 s for all 20).
   Both starts give the same chi2 (|difference| <= 0.013) and parameters within 0.11 sigma.
 - float64 is the default here: in float32 the chi2 of these bright galaxies (3e4-4e5 summed
   over 1e4-5e4 pixels) is rounded by ~0.03, above the 0.01 of galnet's convergence test. float32
@@ -313,7 +313,7 @@ def load_gama(data_dir: str | Path, cataid: int, survey: str,
 
 # ------------------------------------------------------------------------------------- fits
 
-#: Fit keys of galnet and of :func:`galnet.interop.export.imfit_fit` (this survey's pixels).
+#: Fit keys of galnet and of :func:`galnet.interop.imfit_fit` (this survey's pixels).
 FIT_KEYS = ("x", "y", "flux", "re_pix", "n", "q", "pa_deg")
 #: Survey-independent quantities compared by :func:`differences`.
 COMPARED = ("re", "n", "q", "pa", "mag")
@@ -342,15 +342,15 @@ def _with_mag(out: dict) -> dict:
 
 def galnet_fit(gal: dict, start: str | dict = "example", dtype: str = "float32",
                device: str = "cpu") -> dict:
-    """galnet's Levenberg-Marquardt fit (:func:`galnet.fitting.fitter.fit_arrays`) of one :func:`load_gama`
-    galaxy at native resolution: its image, sigma map, mask (other segments and ``mskim``) and
-    unit-sum PSF; no sky (the images are sky-subtracted).
+    """galnet's Levenberg-Marquardt fit (:func:`galnet.fitting.lm.fit_arrays`) of one
+    :func:`load_gama` galaxy at native resolution: its image, sigma map, mask (other segments
+    and ``mskim``) and unit-sum PSF; no sky (the images are sky-subtracted).
 
     Parameters
     ----------
     start : ``"example"`` (``gal["init"]``: ExampleInit, mapped to SDSS pixels by
-        :func:`kids_to_sdss`), ``"moments"`` (:func:`galnet.fitting.fitter.moments_init` on the image with
-        this mask and sigma map), or a dict of galnet parameters.
+        :func:`kids_to_sdss`), ``"moments"`` (:func:`galnet.fitting.init.moments_init` on the
+        image with this mask and sigma map), or a dict of galnet parameters.
     dtype : ``"float32"`` (galnet's default) or ``"float64"``.
     device : torch device.
 
@@ -361,7 +361,9 @@ def galnet_fit(gal: dict, start: str | dict = "example", dtype: str = "float32",
     ``bound``; ``start`` (the initial parameters), ``time_s`` (the fit, wall) and
     ``time_start_s`` (moments_init); ``survey``, ``shape``, ``code = "galnet"``.
     """
-    from galnet.fitting.fitter import FitConfig, fit_arrays, moments_init
+    from galnet.fitting.init import moments_init
+    from galnet.fitting.lm import fit_arrays
+    from galnet.fitting.problem import FitConfig
 
     t0 = time.perf_counter()
     if isinstance(start, dict):
@@ -388,20 +390,20 @@ def galnet_fit(gal: dict, start: str | dict = "example", dtype: str = "float32",
 
 
 def imfit_gama(gal: dict, start: dict | None = None, threads: int = 1) -> dict:
-    """PyImfit's Levenberg-Marquardt fit (:func:`galnet.interop.export.imfit_fit`, Imfit's default
+    """PyImfit's Levenberg-Marquardt fit (:func:`galnet.interop.imfit_fit`, Imfit's default
     pixel sub-sampling) of one :func:`load_gama` galaxy, with the inputs of :func:`galnet_fit`,
-    from ``start`` [default: ``gal["init"]``] within :data:`galnet.interop.export.DEFAULT_LIMITS`.
+    from ``start`` [default: ``gal["init"]``] within :data:`galnet.interop.imfit.DEFAULT_LIMITS`.
 
     Imfit integrates the Sérsic over pixels and then convolves with the PSF image: with an
     effective PSF this counts the pixel twice (docs/conventions.md), adding 1/12 px^2 to the PSF
     variance, a few per cent of its width here.
 
-    Returns :func:`galnet.interop.export.imfit_fit`'s dict (x, y, flux, re_pix, n, q, pa_deg with
+    Returns :func:`galnet.interop.imfit_fit`'s dict (x, y, flux, re_pix, n, q, pa_deg with
     ``_err``: PyImfit's errors, not rescaled; ``chi2nu`` over the same pixels as galnet's,
     ``converged``, ``bound_hit``, ``niter``, ``time_s``) plus ``mag``, ``mag_err``, ``start``,
     ``survey``, ``shape``, ``code = "imfit"``.
     """
-    from galnet.interop.export import imfit_fit
+    from galnet.interop.pyimfit_runner import imfit_fit
 
     init = {k: float((start or gal["init"])[k]) for k in FIT_KEYS}
     out = imfit_fit(gal["image"], gal["psf"], init=init, sigma=gal["sigma"], mask=gal["mask"],

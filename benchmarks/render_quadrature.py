@@ -7,7 +7,7 @@ Usage::
 No GalSim here (benchmarks/accuracy_galsim.py compares with GalSim); this checks galnet against
 itself and against exact integrals. Prints, with the command:
 
-1. ``_square_flux`` (exact flux inside a square about the centre) with 8-32 Gauss-Legendre nodes
+1. ``square_flux`` (exact flux inside a square about the centre) with 8-32 Gauss-Legendre nodes
    per edge against 400 nodes, over random profiles (q >= 0.05) and squares.
 2. Ring by ring, for thin galaxies: the 2x2-node quadrature's flux in each square ring of cells
    against the exact ring flux (what ``RenderConfig.ring_extent`` corrects).
@@ -30,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from galsim_reference import moffat_psf, random_params  # noqa: E402
 
-from galnet.profiles.render import DEFAULT_CONFIG, _graded_nodes, _square_flux, render  # noqa: E402
+from galnet.profiles.quadrature import graded_nodes, square_flux  # noqa: E402
+from galnet.profiles.render import DEFAULT_CONFIG, render  # noqa: E402
 from galnet.profiles.sersic import sersic_bn  # noqa: E402
 
 FINE = replace(DEFAULT_CONFIG, h_core=1 / 32, h_max=1 / 8, growth=1.25)
@@ -47,18 +48,18 @@ def square_flux_nodes(rng: np.random.Generator, n_profiles: int = 500) -> None:
     pa = rng.uniform(0, np.pi, n_profiles)
     s = _t(np.exp(np.linspace(np.log(0.05), np.log(25), 12)))
     args = (_t(re), _t(n), _t(q), _t(-np.sin(pa)), _t(np.cos(pa)), sersic_bn(_t(n)))
-    ref = _square_flux(s, *args, 400)
-    print(f"\n1. _square_flux: max |error| (fraction of the total flux), {n_profiles} profiles x "
+    ref = square_flux(s, *args, 400)
+    print(f"\n1. square_flux: max |error| (fraction of the total flux), {n_profiles} profiles x "
           "12 squares (0.05-25 px), q 0.05-1, n 0.3-8, re 0.1-40 px, vs 400 nodes per edge")
     for m in (8, 12, 16, 24, 32):
-        print(f"   {m:2d} nodes: {float((_square_flux(s, *args, m) - ref).abs().max()):.1e}")
+        print(f"   {m:2d} nodes: {float((square_flux(s, *args, m) - ref).abs().max()):.1e}")
 
 
 def ring_errors(cases) -> None:
     print("\n2. quadrature flux per square ring of cells / exact - 1 (no ring correction), "
           "rings 2-5 (outer half-sizes in px)")
     c = DEFAULT_CONFIG
-    nodes, wts, _, bounds = _graded_nodes(c.h_core, c.growth, c.h_max, 7.5, torch.float64, "cpu")
+    nodes, wts, _, bounds = graded_nodes(c.h_core, c.growth, c.h_max, 7.5, torch.float64, "cpu")
     x, w = nodes.numpy(), wts.numpy()
     ring = np.abs(np.arange(len(x)) // 2 - (len(x) // 2 - 1) // 2)  # Chebyshev ring per node
     ring2 = np.maximum(ring[:, None], ring[None, :])
@@ -71,7 +72,7 @@ def ring_errors(cases) -> None:
         b = (-x[None, :] * uy + x[:, None] * ux) / q
         norm = 2 * math.pi * q * re**2 * n * math.exp(math.lgamma(2 * n) - 2 * n * math.log(bn))
         S = np.exp(-bn * (np.hypot(a, b) / re) ** (1 / n)) / norm * w[:, None] * w[None, :]
-        G = _square_flux(_t(bounds[1:6]), _t(re), _t(n), _t(q), _t(ux), _t(uy), _t(bn), 24)[0]
+        G = square_flux(_t(bounds[1:6]), _t(re), _t(n), _t(q), _t(ux), _t(uy), _t(bn), 24)[0]
         exact = (G[1:] - G[:-1]).numpy()
         quad = np.array([S[ring2 == k].sum() for k in range(2, 6)])
         print("   " + " ".join(f"{v:+7.3f}" for v in quad / exact - 1)

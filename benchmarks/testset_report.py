@@ -4,8 +4,9 @@
         [--galsim test_galsim.h5] [--model W.safetensors] [--threads 2]
 
 Runs `galnet.nn.predict.predict_files` on the stamps (with their sigma maps and PSFs, as a user
-would give them), then `galnet.evaluate.metrics.evaluate` against the true parameters: overall, S/N > 20,
-10 < S/N <= 20, binned by S/N and n, with plots, into OUT/ (metrics.json, report.md, PNGs).
+would give them), then `galnet.evaluate.metrics.evaluate` against the true parameters: overall,
+S/N > 20, 10 < S/N <= 20, binned by S/N and n, with plots, into OUT/
+(metrics.json, report.md, PNGs).
 With --galsim (from benchmarks/galsim_testset.py: the same stamps with the galaxy rendered by
 GalSim) the same is done into OUT/galsim/, and a comparison table of the two is printed and
 written to OUT/summary.md.
@@ -41,7 +42,7 @@ def run(h5: Path, out: Path, model, threads: int | None) -> dict:
         zp, scale = float(f.attrs["zeropoint"]), float(f.attrs["pixel_scale"])
     t0 = time.perf_counter()
     predict_files(out / "catalog.fits", images=images, psf=psfs, sigma=sigma, zeropoint=zp,
-                  pixel_scale=scale, model=model, progress=False)
+                  pixel_scale=scale, model=model, progress=False, overwrite=True)
     dt = time.perf_counter() - t0
     # ids = row indices of the HDF5 file; no stamp gallery (the backgrounds are real cutouts)
     m = evaluate(out / "catalog.fits", h5, out, gallery=False)

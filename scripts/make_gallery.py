@@ -7,8 +7,8 @@ Left block: stamps simulated by :func:`galnet.sim.simulate.simulate` with the ba
 rescaled to the preset's depth, the preset's share of real PSFs, analytic ones otherwise),
 chosen to span S/N, n and r_e.
 Right block: real isolated galaxies cut from the frames in ``--data``
-(:func:`galnet.sim.bank.real_galaxy_cutouts`, sky-subtracted, native pixels). Every panel is shown in
-units of its own 1-sigma sky noise, x = image / sigma_sky, with ONE asinh stretch
+(:func:`galnet.sim.bank.real_galaxy_cutouts`, sky-subtracted, native pixels). Every panel is
+shown in units of its own 1-sigma sky noise, x = image / sigma_sky, with ONE asinh stretch
 asinh(x / SOFT) and ONE vmin/vmax for all panels (no per-panel normalisation).
 
 Also prints numbers for the comparison (in sigma units): the sky-pixel distribution, the fraction

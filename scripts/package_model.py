@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from pathlib import Path
 
-from galnet.nn.model import DEFAULT_WEIGHTS, count_flops, load_model, save_model
+from galnet.nn.model import DEFAULT_WEIGHTS, count_flops, load_model, save_model, training_prior
 from galnet.presets import get_preset
 
 
@@ -27,9 +26,6 @@ def main() -> None:
     a = p.parse_args()
     model = load_model(a.weights)
     pre = get_preset(a.preset)
-    pr = pre.priors
-    s = pre.pixel_scale
-    flux = [10 ** (-0.4 * (m - pre.zeropoint)) for m in (pr["mag"].high, pr["mag"].low)]
     info = dict(model.config.info)
     log_dir = a.weights.parent / "log.jsonl"
     if log_dir.is_file():
@@ -40,14 +36,9 @@ def main() -> None:
     info.update(
         name=f"galnet-{pre.name}",
         preset=pre.name,
-        pixel_scale=s,
+        pixel_scale=pre.pixel_scale,
         zeropoint=pre.zeropoint,
-        prior={
-            "re_pix": [pr["re_arcsec"].low / s, pr["re_arcsec"].high / s],
-            "n": [pr["n"].low, pr["n"].high],
-            "q": [pr["q"].low, pr["q"].high],
-            "logflux_noise": [math.log10(f / pre.sky_rms) for f in flux],
-        },
+        prior=training_prior(pre),
         **count_flops(model),
     )
     model.config.info = info

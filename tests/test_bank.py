@@ -15,9 +15,11 @@ import pytest
 from astropy.io import fits
 from astropy.stats import mad_std
 
+from galnet.errors import GalnetFileError, GalnetValueError
+from galnet.io.psf import psfex_hdu_from_legacypipe
 from galnet.sim import bank as bankmod
 from galnet.sim.bank import Bank, build_bank, psf_fwhm, real_galaxy_cutouts, resample_psf
-from galnet.errors import GalnetFileError, GalnetValueError
+from galnet.sim.bank import build as bank_build
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -145,7 +147,7 @@ def test_build_is_atomic(synth_dir, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("simulated failure while building PSFs")
 
-    monkeypatch.setattr(bankmod, "_psf_inputs", boom)
+    monkeypatch.setattr(bank_build, "psf_inputs", boom)
     with pytest.raises(RuntimeError, match="simulated failure"):
         build_bank(synth_dir, out, pixel_scales=(0.2,), n_per_frame=5, progress=False)
     assert not out.exists()
@@ -153,10 +155,20 @@ def test_build_is_atomic(synth_dir, tmp_path, monkeypatch):
 
     # a failure while writing the HDF5 file leaves nothing either
     monkeypatch.undo()
-    monkeypatch.setattr(bankmod, "_str_array", boom)
+    monkeypatch.setattr(bank_build, "_str_array", boom)
     with pytest.raises(RuntimeError):
         build_bank(synth_dir, out, pixel_scales=(0.2,), n_per_frame=5, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_build_removes_temp_files_of_a_killed_build(synth_dir, tmp_path):
+    """The bank is written through galnet.io.files.atomic_write: a temporary file left by a killed
+    build (SIGKILL: no cleanup ran) is removed by the next build of the same bank."""
+    out = tmp_path / "bank.h5"
+    orphan = tmp_path / ".tmp-bank.h5-abcd1234"
+    orphan.write_bytes(b"partial")
+    build_bank(synth_dir, out, pixel_scales=(0.2,), n_per_frame=5, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank.h5"]
 
 
 def test_build_errors(tmp_path, synth_dir):
@@ -350,7 +362,7 @@ def test_legacypipe_psfex_matches_polynomial(shared):
     import galsim.des
 
     path = sorted((shared / "frames/decam").glob("c4d_*-psfex.fits"))[0]
-    model = galsim.des.DES_PSFEx(bankmod._psfex_hdu_from_legacypipe(path))
+    model = galsim.des.DES_PSFEx(psfex_hdu_from_legacypipe(path))
     t = fits.getdata(path, 1)
     basis = t["psf_mask"][0]  # (6, ny, nx): 1, x, x^2, y, xy, y^2 (PSFEx order, degree 2)
     x, y = 800.0, 1500.0

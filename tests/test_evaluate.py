@@ -1,4 +1,4 @@
-"""Tests of galnet.evaluate.metrics: metric formulas, matching, calibration, files and errors."""
+"""Tests of galnet.evaluate: metric formulas, matching, calibration, files and errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from astropy import units as u
 from astropy.table import QTable, Table
 
 from galnet.errors import GalnetFileError, GalnetValueError
-from galnet.evaluate.metrics import evaluate, nmad, r2_score, wrap_pa_diff
+from galnet.evaluate.metrics import evaluate
+from galnet.params import fold_diff
+from galnet.stats import nmad, r2_score
 
 COLS = ("x", "y", "mag", "re_pix", "n", "q", "pa_deg")
 
@@ -61,10 +63,10 @@ def test_nmad_r2_and_wrap_helpers():
     p = np.array([1.1, 1.9, 3.2, 4.0])
     assert r2_score(t, p) == pytest.approx(1 - 0.06 / 5.0)
     assert math.isnan(r2_score([1.0, 1.0], [1.0, 2.0]))  # constant truth
-    assert wrap_pa_diff(179.0, 1.0) == pytest.approx(-2.0)
-    assert wrap_pa_diff(1.0, 179.0) == pytest.approx(2.0)
-    assert wrap_pa_diff(90.0, 0.0) == pytest.approx(-90.0)  # [-90, 90)
-    assert wrap_pa_diff(30.0, 10.0) == pytest.approx(20.0)
+    assert fold_diff("pa_deg", 179.0, 1.0) == pytest.approx(-2.0)
+    assert fold_diff("pa_deg", 1.0, 179.0) == pytest.approx(2.0)
+    assert fold_diff("pa_deg", 90.0, 0.0) == pytest.approx(-90.0)  # [-90, 90)
+    assert fold_diff("pa_deg", 30.0, 10.0) == pytest.approx(20.0)
 
 
 def test_metrics_match_numpy_formulas():
@@ -99,7 +101,7 @@ def test_metrics_match_numpy_formulas():
     # PA: only true q < 0.8
     round_ = _v(t["q"]) >= 0.8
     assert o["pa_deg"]["N"] == np.sum(~round_) and o["pa_deg"]["n_round_excluded"] == np.sum(round_)
-    dpa = wrap_pa_diff(_v(p["pa_deg"]), _v(t["pa_deg"]))[~round_]
+    dpa = fold_diff("pa_deg", _v(p["pa_deg"]), _v(t["pa_deg"]))[~round_]
     assert o["pa_deg"]["nmad"] == pytest.approx(nmad(dpa))
     assert o["pa_deg"]["nmad"] == pytest.approx(5.0, rel=0.2)
     assert "r2" not in o["pa_deg"]
@@ -331,12 +333,12 @@ def test_simulated_truth_and_rendered_gallery(tmp_path):
 def test_errors(tmp_path):
     t = _truth(20)
     p = _noisy(t)
-    with pytest.raises(GalnetFileError, match=re.escape("pred file") + ".*does not exist"):
+    with pytest.raises(GalnetFileError, match=re.escape("nope.ecsv: no such file (pred)")):
         evaluate(tmp_path / "nope.ecsv", t)
-    with pytest.raises(GalnetFileError, match="truth file .*missing.fits.*does not exist"):
+    with pytest.raises(GalnetFileError, match=re.escape("missing.fits: no such file (truth)")):
         evaluate(p, tmp_path / "missing.fits")
     (tmp_path / "junk.ecsv").write_text("not a table\x00\x01")
-    with pytest.raises(GalnetFileError, match="cannot read pred catalogue"):
+    with pytest.raises(GalnetFileError, match="junk.ecsv: cannot read pred "):
         evaluate(tmp_path / "junk.ecsv", t)
     p2 = p.copy()
     p2.remove_column("re_pix")

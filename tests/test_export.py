@@ -1,4 +1,4 @@
-"""galnet.interop.export: GALFIT/Imfit files of a catalogue, reading fits back, the PyImfit wrapper.
+"""galnet.interop: GALFIT/Imfit files of a catalogue, reading fits back, the PyImfit wrapper.
 
 - catalogue -> Imfit config -> read back gives the same parameters (exact converters);
 - a config written by galnet, read by PyImfit's own parser and fitted to stamps rendered with
@@ -21,7 +21,7 @@ from astropy.table import QTable
 from galnet.cli import main
 from galnet.conventions import galfit_pa
 from galnet.errors import GalnetValueError
-from galnet.interop.export import (
+from galnet.interop import (
     DEFAULT_LIMITS,
     export_catalog,
     imfit_config,
@@ -30,7 +30,7 @@ from galnet.interop.export import (
     read_galfit_header,
     read_imfit_bestfit,
 )
-from galnet.io.stamps import write_catalog
+from galnet.io.catalog import write_catalog
 
 pyimfit = pytest.importorskip("pyimfit")
 
@@ -287,7 +287,7 @@ def test_read_galfit_header():
 
 def test_imfit_fit_recovers_truth(stamps):
     """Noiseless Imfit-model stamp, guess off the truth: the truth, converged, chi2 ~ 0."""
-    from galnet.interop.export import imfit_fit
+    from galnet.interop import imfit_fit
 
     _, imgs, psf = stamps
     truth = one(TRUTH, 0)
@@ -304,7 +304,7 @@ def test_imfit_fit_recovers_truth(stamps):
 
 def test_imfit_fit_errors_mask_and_failures(stamps, monkeypatch):
     """Errors match the scatter; masked garbage and NaNs are ignored; failures are results."""
-    from galnet.interop.export import imfit_fit
+    from galnet.interop import imfit_fit
 
     _, imgs, psf = stamps
     truth = one(TRUTH, 1)
@@ -383,22 +383,22 @@ def test_cli_export(tmp_path, capsys):
     assert main(["export", "--to", "galfit", str(cat), str(tmp_path / "g")]) == 0
     assert len(list((tmp_path / "g").glob("*.feedme"))) == 2
     capsys.readouterr()
-    for argv, msg in (
-        (["export", "--to", "sextractor", str(cat), str(tmp_path / "x")], "invalid choice"),
+    for argv, msg, code in (  # exit 2: usage errors; 1: errors found while running
+        (["export", "--to", "sextractor", str(cat), str(tmp_path / "x")], "invalid choice", 2),
         (["export", "--to", "imfit", str(cat), str(tmp_path / "x"), "--preset", "nope"],
-         "unknown preset"),
+         "unknown preset", 2),
         (["export", "--to", "imfit", str(tmp_path / "none.ecsv"), str(tmp_path / "x")],
-         "no such file"),
+         "no such file", 1),
         (["export", "--to", "imfit", str(cat), str(tmp_path / "x"), "--psf",
-          str(tmp_path / "none.fits")], "no such file"),
+          str(tmp_path / "none.fits")], "no such file", 1),
     ):
-        assert main(argv) == 2
+        assert main(argv) == code, argv
         err = capsys.readouterr().err
         assert err.startswith("galnet: error: ") and msg in err and err.count("\n") == 1, err
     t.meta.pop("zeropoint")
     t.remove_column("flux")
-    write_catalog(t, cat)
-    assert main(["export", "--to", "galfit", str(cat), str(tmp_path / "x")]) == 2
+    write_catalog(t, cat, overwrite=True)
+    assert main(["export", "--to", "galfit", str(cat), str(tmp_path / "x")]) == 1
     assert "zeropoint" in capsys.readouterr().err
     assert main(["export", "--to", "galfit", str(cat), str(tmp_path / "x"), "--preset",
                  "hsc-r"]) == 0

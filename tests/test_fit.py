@@ -9,9 +9,11 @@ from astropy.table import Table
 
 from galnet.cli import main
 from galnet.errors import GalnetValueError
-from galnet.fitting.fitter import FitConfig, auto_mask, fisher_errors, fit_arrays, moments_init
+from galnet.fitting.init import auto_mask, moments_init
+from galnet.fitting.lm import fisher_errors, fit_arrays
+from galnet.fitting.problem import FitConfig
 from galnet.flags import Flag
-from galnet.nn.predict import catalog_columns
+from galnet.io.catalog import catalog_columns
 from galnet.profiles.render import render
 
 KEYS = ("x", "y", "flux", "re_pix", "n", "q", "pa_deg")
@@ -149,12 +151,12 @@ def test_moments_init_and_auto_mask():
 
 
 def test_weights_with_gain():
-    from galnet.fitting.fitter import _weights
+    from galnet.fitting.problem import noise_weights
 
     img = np.zeros((1, 61, 61))
     img[0, 30, 30] = 400.0
     img[0, :, :5] = np.random.default_rng(0).normal(0, 2.0, (61, 5))
-    _, wt = _weights(img, None, None, gain=4.0)
+    _, wt = noise_weights(img, None, None, gain=4.0)
     rms = 1 / wt[0, 30, 45]  # a pixel with D = 0: the sky term alone
     assert 1 / wt[0, 30, 30] == pytest.approx(np.sqrt(rms**2 + 100.0))
 
@@ -213,18 +215,18 @@ def test_cli_fit_and_refine(stamp_files, capsys):
     assert np.all(np.abs(t3["re_pix"] - t["re_pix"]) < 0.2 * t["re_pix_err"])
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["--init", "nowhere.ecsv"], "nowhere.ecsv"),
-    (["--sky", "tilted"], "sky"),
-    (["--out", "cat.txt"], "cat.txt"),
+@pytest.mark.parametrize("extra, match, code", [
+    (["--init", "nowhere.ecsv"], "nowhere.ecsv", 1),  # runtime error: a missing file
+    (["--sky", "tilted"], "sky", 2),  # usage errors
+    (["--out", "cat.txt"], "cat.txt", 2),
 ])
-def test_cli_fit_errors_are_one_line(stamp_files, capsys, extra, match):
+def test_cli_fit_errors_are_one_line(stamp_files, capsys, extra, match, code):
     d, _ = stamp_files
     args = ["fit", "--images", str(d / "stamps.fits"), "--psf", str(d / "psf.fits"),
             "--out", str(d / "x.ecsv"), "-q"]
     rc = main(args + extra)
     err = capsys.readouterr().err.strip()
-    assert rc == 2
+    assert rc == code
     assert len(err.splitlines()) == 1 and match in err
 
 
@@ -271,4 +273,4 @@ def test_cli_nn_prior(stamp_files, capsys):
     t = Table.read(d / "map.ecsv")
     assert t["converged"].all() and t.meta["fit"]["nn_prior"]
     assert main(args + ["--nn-prior", "--init", "moments", "--out", str(d / "x.ecsv")]) == 2
-    assert "init='nn'" in capsys.readouterr().err
+    assert "--init nn" in capsys.readouterr().err

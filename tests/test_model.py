@@ -18,8 +18,8 @@ from galnet.nn.model import (
     save_model,
     sky_rms,
 )
-from galnet.profiles.render import render
 from galnet.nn.train import augment
+from galnet.profiles.render import render
 
 PARAMS = {
     "x": torch.tensor([31.3, 28.6, 30.0]), "y": torch.tensor([29.2, 32.4, 30.5]),

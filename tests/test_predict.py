@@ -10,10 +10,11 @@ from astropy.table import Table
 from galnet.cli import main
 from galnet.errors import GalnetValueError
 from galnet.flags import Flag
+from galnet.io.catalog import catalog_columns, read_catalog
+from galnet.io.models import read_models
 from galnet.nn.model import encode_targets, save_model
-from galnet.nn.predict import catalog_columns, predict_arrays, predict_files
+from galnet.nn.predict import predict_arrays, predict_files
 from galnet.profiles.render import render
-from galnet.io.stamps import read_catalog
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +89,8 @@ def test_predict_arrays_shapes_and_errors(tiny_model, stamps):
     one = predict_arrays(im[:5], ps[0], model=tiny_model, chi2=False)
     cube = predict_arrays(im[:5], np.repeat(ps[:1], 5, axis=0), model=tiny_model, chi2=False)
     assert np.allclose(one["re_pix"], cube["re_pix"], rtol=1e-5)
-    with pytest.raises(GalnetValueError, match=r"images must have shape \(N, 61, 61\)"):
-        predict_arrays(im[:2, :60], ps[0], model=tiny_model)
+    with pytest.raises(GalnetValueError, match=r"images must have shape \(N, H, W\)"):
+        predict_arrays(im[:2, None], ps[0], model=tiny_model)
     with pytest.raises(GalnetValueError, match="psfs must have shape"):
         predict_arrays(im[:2], ps[:3], model=tiny_model)
     with pytest.raises(GalnetValueError, match="sigma must have the shape"):
@@ -124,10 +125,10 @@ def test_predict_single_image_one_psf_and_options(stamps, weights, tmp_path):
     assert len(t) == 1 and t.meta["zeropoint"] == 30.0 and t.meta["pixel_scale"] == 0.2
     assert np.isnan(t["chi2nu"][0])
     assert float(t["mag"][0]) == pytest.approx(30 - 2.5 * np.log10(float(t["flux"][0])))
-    assert fits.getdata(tmp_path / "m" / "models.fits").shape == (1, 61, 61)
-    res = fits.getdata(tmp_path / "m" / "residuals.fits")
-    mod = fits.getdata(tmp_path / "m" / "models.fits")
+    mod, res, objects, meta = read_models(tmp_path / "m" / "models.fits")  # one MEF
+    assert mod.shape == res.shape == (1, 61, 61) and list(objects["id"]) == [0]
     assert np.allclose(res[0] + mod[0], im[0], atol=1e-5)
+    assert meta["provenance"]["options"]["zeropoint"] == 30.0
 
 
 def test_predict_pads_small_stamps_and_flags(stamps, weights, tmp_path):
@@ -172,13 +173,13 @@ def test_predict_frame_with_positions(stamps, weights, tmp_path):
     assert np.allclose(t["ra"].value, sky.ra.deg) and np.allclose(t["dec"].value, sky.dec.deg)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--images", "MISSING.fits", "--psf", "P"], "MISSING.fits"),
-    (["--psf", "P"], "either --images or --frame"),
-    (["--frame", "F.fits", "--psf", "P"], "--frame needs --positions"),
-    (["--images", "S", "--psf", "P", "--out", "x.txt"], "unknown catalogue format"),
+@pytest.mark.parametrize("args, message, code", [
+    (["--images", "MISSING.fits", "--psf", "P"], "MISSING.fits", 1),
+    (["--psf", "P"], "either --images or --frame", 2),
+    (["--frame", "F.fits", "--psf", "P"], "--frame needs --positions", 2),
+    (["--images", "S", "--psf", "P", "--out", "x.txt"], "unknown catalogue format", 2),
 ])
-def test_predict_cli_errors(stamps, weights, tmp_path, capsys, args, message):
+def test_predict_cli_errors(stamps, weights, tmp_path, capsys, args, message, code):
     d, *_ = stamps
     args = [str(d / "st.fits") if a == "S" else str(d / "psf.fits") if a == "P" else a
             for a in args]
@@ -186,7 +187,7 @@ def test_predict_cli_errors(stamps, weights, tmp_path, capsys, args, message):
         args += ["--out", str(tmp_path / "c.ecsv")]
     rc = main(["predict", *args, "--model", str(weights), "-q"])
     err = capsys.readouterr().err
-    assert rc == 2 and message in err and err.count("\n") == 1
+    assert rc == code and message in err and err.count("\n") == 1
 
 
 def test_predict_cli_even_psf_and_nan_psf(stamps, weights, tmp_path, capsys):
@@ -195,7 +196,7 @@ def test_predict_cli_even_psf_and_nan_psf(stamps, weights, tmp_path, capsys):
     rc = main(["predict", "--images", str(d / "st.fits"), "--psf", str(tmp_path / "even.fits"),
                "--model", str(weights), "--out", str(tmp_path / "c.ecsv"), "-q"])
     err = capsys.readouterr().err
-    assert rc == 2 and "even.fits" in err
+    assert rc == 1 and "even.fits" in err  # a bad input file: a runtime error
     assert not (tmp_path / "c.ecsv").exists()
 
 
@@ -267,9 +268,9 @@ def test_evaluate_cli_flags(stamps, weights, tiny_sim, tmp_path, capsys):
 def test_predict_cli_psfex_with_psf_positions(stamps, weights, tmp_path, capsys):
     """--psf-positions places a stamp cube in its frame for a PSFEx PSF: the same result as the
     PSFs evaluated at those positions given as a cube."""
-    from test_stamps import _synthetic_psfex
+    from test_io_cutouts import _synthetic_psfex
 
-    from galnet.io.stamps import load_stamps
+    from galnet.io.cutouts import load_stamps
 
     d, im, *_ = stamps
     _synthetic_psfex(tmp_path / "m.psf")
@@ -288,5 +289,5 @@ def test_predict_cli_psfex_with_psf_positions(stamps, weights, tmp_path, capsys)
     a, b = Table.read(tmp_path / "a.ecsv"), Table.read(tmp_path / "b.ecsv")
     assert np.allclose(a["re_pix"], b["re_pix"], rtol=1e-5)
     assert main([*base, "--psf", str(tmp_path / "m.psf"), "--out",
-                 str(tmp_path / "c.ecsv")]) == 2
+                 str(tmp_path / "c.ecsv")]) == 1  # the PSF file needs positions: runtime error
     assert "PSFEx model needs" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import math
 import tomllib
 from importlib import resources
@@ -244,3 +245,13 @@ def test_toml_is_documented():
         assert key in text
     assert "sigma.fits" in text  # kids-r sky rms origin
     assert text.count("#") > 60
+
+
+def test_preset_from_json_round_trip():
+    """A simulation file's ``preset_config`` (Preset.to_json) rebuilds the same preset."""
+    p = get_preset("hsc-r")
+    assert Preset.from_json(p.to_json()) == p
+    bad = json.loads(p.to_json())
+    bad["priors"]["n"]["high"] = 50.0
+    with pytest.raises(GalnetValueError, match="priors.n must lie in"):
+        Preset.from_json(json.dumps(bad))

@@ -9,7 +9,8 @@ import torch
 from scipy import integrate
 
 from galnet.errors import GalnetPSFError, GalnetValueError
-from galnet.profiles.render import RenderConfig, quintic, render
+from galnet.profiles.quadrature import quintic
+from galnet.profiles.render import RenderConfig, render
 from galnet.profiles.sersic import sersic_bn
 
 
@@ -254,7 +255,7 @@ def test_high_n_total_flux_against_scipy():
 )
 def test_square_flux_against_scipy(s, re, n, q, pa):
     """The exact flux inside a square about the centre (used to rescale the quadrature rings)."""
-    from galnet.profiles.render import _square_flux
+    from galnet.profiles.quadrature import square_flux
 
     bn = float(sersic_bn(n))
     a = np.deg2rad(pa)
@@ -272,7 +273,7 @@ def test_square_flux_against_scipy(s, re, n, q, pa):
         for y0, y1 in ((-s, 0), (0, s))
     )
     t = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
-    got = _square_flux(torch.tensor([s], dtype=torch.float64), t(re), t(n), t(q), t(ux), t(uy),
+    got = square_flux(torch.tensor([s], dtype=torch.float64), t(re), t(n), t(q), t(ux), t(uy),
                        t(bn), 24)
     np.testing.assert_allclose(got.item(), ref, rtol=1e-5)
 

@@ -3,7 +3,13 @@ import pytest
 import torch
 from scipy import integrate, special
 
-from galnet.profiles.sersic import enclosed_fraction, gammainc_p, sersic_bn, sersic_ie, sersic_total_flux
+from galnet.profiles.sersic import (
+    enclosed_fraction,
+    gammainc_p,
+    sersic_bn,
+    sersic_ie,
+    sersic_total_flux,
+)
 
 
 def test_bn_exact_against_scipy():

@@ -71,26 +71,46 @@ def test_errors_are_one_line(trained, tmp_path, capsys):
     fits.writeto(good, np.zeros((2, 5, 64, 64), np.float32))
     cases = [
         (["translate", "simulate", "-n", "2", "--out", str(tmp_path / "x.h5"), "--source",
-          "hst"], "unknown translation domain 'hst'"),
+          "hst"], 2, "unknown translation domain 'hst'"),
         (["translate", "apply", "--images", str(bad), "--model", str(d / "t.safetensors"),
-          "--out", str(tmp_path / "o.fits"), "--zspec", "0.1"], "non-finite pixels"),
+          "--out", str(tmp_path / "o.fits"), "--zspec", "0.1"], 1, "non-finite pixels"),
         (["translate", "apply", "--images", str(tmp_path / "missing.fits"), "--model",
-          str(d / "t.safetensors"), "--out", str(tmp_path / "o.fits")], "no such file"),
+          str(d / "t.safetensors"), "--out", str(tmp_path / "o.fits")], 1, "no such file"),
         (["translate", "apply", "--images", str(good), "--model", str(d / "t.safetensors"),
-          "--out", str(tmp_path / "o.fits")], "conditioned on z_spec"),
+          "--out", str(tmp_path / "o.fits")], 1, "conditioned on z_spec"),
         (["translate", "apply", "--images", str(good), "--model", str(d / "t.safetensors"),
-          "--out", str(tmp_path / "o.fits"), "--zspec", "0.1", "0.2", "0.3"], "redshifts"),
+          "--out", str(tmp_path / "o.fits"), "--zspec", "0.1", "0.2", "0.3"], 1, "redshifts"),
         (["translate", "apply", "--data", str(d / "pairs.h5"), "--model",
-          str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "o.fits")], "nope"),
+          str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "o.fits")], 1, "nope"),
         (["translate", "train", "--data", str(d / "pairs.h5"), "--out", str(tmp_path / "w"),
-          "--fraction", "0"], "fraction"),
-        (["translate"], "an action is required"),
+          "--fraction", "0"], 2, "fraction"),
+        (["translate"], 2, "an action is required"),
     ]
-    for argv, match in cases:
+    for argv, code, match in cases:
         capsys.readouterr()
-        assert main(argv) == 2, argv
+        assert main(argv) == code, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("galnet: error:") and "\n" not in err and match in err, err
+    assert not (tmp_path / "o.fits").exists()
+
+
+def test_zspec_on_an_unconditioned_model_is_refused(trained, tmp_path, capsys):
+    """--zspec was silently ignored by a model not conditioned on z_spec."""
+    d = trained
+    assert main(["translate", "train", "--data", str(d / "pairs.h5"), "--out",
+                 str(tmp_path / "u.safetensors"), "--steps", "1", "--n-val", "3",
+                 "--val-every", "1", "--width", "8", "--loss", "pixel", "-q"]) == 0
+    capsys.readouterr()
+    argv = ["translate", "apply", "--data", str(d / "pairs.h5"), "--model",
+            str(tmp_path / "u.safetensors"), "--out", str(tmp_path / "o.fits")]
+    assert main([*argv, "--zspec", "0.1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("galnet: error:") and "not conditioned on z_spec" in err
+    assert "--zspec" in err and not (tmp_path / "o.fits").exists()
+    assert main(argv) == 0  # without --zspec it translates
+    assert main(argv) == 1  # the output exists now
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
 
 
 @pytest.mark.skipif(not default_model_path().exists(), reason="no shipped translator")
@@ -110,3 +130,10 @@ def test_shipped_models_translate_a_simulated_galaxy(tmp_path):
     assert np.median(ratio[:, 1:4]) == pytest.approx(1.0, abs=0.25)
     pz = predict_photoz(load_photoz(default_model_path(DEFAULT_PHOTOZ)), pred)
     assert np.all((pz["z_mean"] >= 0) & (pz["z_mean"] <= 0.5))
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    assert main(["translate", "simulate", "-n", "2", "--chunk", "2", "--out",
+                 str(tmp_path / "p.h5")]) == 0  # no -q
+    err = capsys.readouterr().err
+    assert "%|" not in err and "gal/s" not in err, err

@@ -189,7 +189,7 @@ def test_colour_gradient_error_detects_flat_and_flipped_gradient():
 # ---- structure -------------------------------------------------------------------------------
 def test_structure_fits_recovers_sersic_and_deltas():
     from galnet.profiles.render import render
-    from galnet.sim.simulate import analytic_psfs
+    from galnet.sim.psfs import analytic_psfs
 
     N, S, scale, sky = 4, 136, 0.187, 0.01
     psf = analytic_psfs(np.full(N, 4.0), np.full(N, 3.0), np.zeros(N, bool), np.zeros(N),

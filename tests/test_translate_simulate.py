@@ -8,6 +8,7 @@ import pytest
 
 from galnet.errors import GalnetFileError, GalnetPresetError, GalnetValueError
 from galnet.presets import point_source_depth
+from galnet.translate import population as tp
 from galnet.translate import simulate as ts
 
 
@@ -35,8 +36,8 @@ def test_component_mags_k_correction():
     # at z -> 0 in the reference filter, m = M + DM exactly (no K-correction, no colour)
     z = np.array([0.02, 0.02])
     m = ts.component_mags(np.array([-21.0, -21.0]), z, np.array(["E", "Im"]),
-                          np.array([1.0, 0.5]), [ts.REFERENCE_FILTER])[:, 0]
-    dm = ts._cosmology().distmod(z).value
+                          np.array([1.0, 0.5]), [tp.REFERENCE_FILTER])[:, 0]
+    dm = tp._cosmology().distmod(z).value
     # at z = 0.02 the K-correction of r is a few hundredths of a magnitude
     assert abs(m[0] - (-21.0 + dm[0])) < 0.05
     # E is redder than Im in g - r, and both redden with redshift
@@ -56,7 +57,7 @@ def test_component_mags_k_correction():
 
 
 def test_point_sources_flux_and_position():
-    from galnet.sim.simulate import analytic_psfs
+    from galnet.sim.psfs import analytic_psfs
 
     psf = analytic_psfs(np.array([3.0]), np.array([3.0]), np.array([False]), np.zeros(1),
                         np.zeros(1), size=25)[None]  # (1, 1, 25, 25)

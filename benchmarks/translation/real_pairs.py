@@ -27,10 +27,10 @@ Stages (each skipped when its output under ``--work`` exists; ``--redo-eval`` re
    stamp is an integer-pixel cut (real pixels untouched, zero-padded and masked where the image
    is smaller); the SDSS stamp is resampled (cubic spline, ``scipy.ndimage.map_coordinates``) at
    the matching sub-pixel positions and zero-padded (counted in ``sdss_padded``) beyond its edges;
-4. ``fits.json``: galnet fits (``galnet.fitting.fitter.fit_arrays``, float64, start = ExampleInit mapped to
-   the stamp) of (a) the KiDS stamp (sigma map, mask, KiDS PSF), (b) the regridded SDSS and the two
-   translations (KiDS PSF, sigma = the kids-r sky rms, the KiDS mask), (c) an integer-pixel 99 x
-   99 cut of the SDSS image (its sigma map, mask, PSF);
+4. ``fits.json``: galnet fits (``galnet.fitting.lm.fit_arrays``, float64, start = ExampleInit
+   mapped to the stamp) of (a) the KiDS stamp (sigma map, mask, KiDS PSF), (b) the regridded
+   SDSS and the two translations (KiDS PSF, sigma = the kids-r sky rms, the KiDS mask), (c) an
+   integer-pixel 99 x 99 cut of the SDSS image (its sigma map, mask, PSF);
 5. ``<out>/real_pairs.json``, ``<out>/real_pairs.md`` and, with ``--figure``, a PNG.
 
 Pixel comparison, over the unmasked pixels of the galaxy's own KiDS segment:
@@ -261,7 +261,8 @@ def sim_check(work: Path, n_val: int = 100) -> dict:
 
 # ---- stage 4: comparisons and fits -------------------------------------------------------------
 def _fit(image, psf, sigma, mask, init) -> dict:
-    from galnet.fitting.fitter import FitConfig, fit_arrays
+    from galnet.fitting.lm import fit_arrays
+    from galnet.fitting.problem import FitConfig
 
     t0 = time.perf_counter()
     r = fit_arrays(image, psf, sigma=sigma, mask=mask, init=init,

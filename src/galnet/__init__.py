@@ -1,9 +1,13 @@
 """galnet: single-Sérsic structural parameters of galaxies at survey scale.
 
-Data flows one way: :mod:`galnet.profiles.sersic` (profile math) -> :mod:`galnet.profiles.render` (PSF-convolved
-stamps) -> :mod:`galnet.sim.simulate` (survey-like training sets) -> network, fitter, evaluation.
-Conventions (pixel coordinates, magnitudes, position angles) are defined once in
-:mod:`galnet.conventions`; see ``docs/conventions.md``.
+The public API (``docs/api.md``): :func:`galnet.predict` (GaLNet), :func:`galnet.fit` (the
+forward-model fitter) and :func:`galnet.render` (PSF-convolved Sérsic stamps); arrays, NDData or
+Cutout2D in, the catalogue of the command line (an astropy QTable) out.
+
+Data flows one way: :mod:`galnet.profiles` (profile math, renderers) -> :mod:`galnet.io` (FITS,
+PSFs, cutouts, catalogues) -> :mod:`galnet.sim` (training sets) -> :mod:`galnet.nn` (network) ->
+:mod:`galnet.fitting` -> :mod:`galnet.evaluate`. Conventions (pixel coordinates, magnitudes,
+position angles) are defined once in :mod:`galnet.conventions`; see ``docs/conventions.md``.
 """
 
 from __future__ import annotations
@@ -18,18 +22,30 @@ from galnet.errors import (  # noqa: E402
     GalnetValueError,
 )
 
+#: Public functions, imported on first use: `import galnet` (and the CLI's start-up) stays light,
+#: torch loads only when one is called. No submodule shares these names, so an import of a
+#: submodule can never replace the function (the old "module is not callable" bug).
+_LAZY = {"predict": "galnet.api", "fit": "galnet.api", "render": "galnet.profiles.render"}
+
 
 def __getattr__(name: str):
-    # Lazy imports keep `import galnet` (and the CLI's start-up) light: torch loads on first use.
-    if name == "render":
-        from galnet.profiles.render import render
+    if name in _LAZY:
+        import importlib
 
-        return render
+        func = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = func  # cached: later look-ups skip __getattr__
+        return func
     raise AttributeError(f"module 'galnet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
     "__version__",
+    "predict",
+    "fit",
     "render",
     "GalnetError",
     "GalnetFileError",

@@ -17,7 +17,6 @@ import numpy as np
 
 from galnet.params import SERSIC, ParamSpec, column_units
 
-
 #: The seven Sérsic parameters in the order the network and the fitter use them, from the
 #: parameter table (:mod:`galnet.params`, the one source of truth). Survey priors (narrower)
 #: live in the presets file (galnet/data/presets.toml).
@@ -323,10 +322,10 @@ def read_galfit_sersic_block(text: str) -> dict:
 
 # Ciotti & Bertin (1999) asymptotic series, as coded in Imfit (helper_funcs.cpp, Calculate_bn):
 # b_n = 2n - 1/3 + 4/(405 n) + 46/(25515 n^2) + 131/(1148175 n^3) - 2194697/(30690717750 n^4).
-_CB99 = (0.333333333333333, 0.009876543209876543, 0.0018028610621203215,
-         0.00011409410586365319, 7.1510122958919723e-05)
+IMFIT_BN_CB99 = (0.333333333333333, 0.009876543209876543, 0.0018028610621203215,
+                 0.00011409410586365319, 7.1510122958919723e-05)
 # MacArthur, Courteau & Holtzman (2003) polynomial used by Imfit for n <= 0.36.
-_M03 = (0.01945, -0.8902, 10.95, -19.67, 13.43)
+IMFIT_BN_M03 = (0.01945, -0.8902, 10.95, -19.67, 13.43)
 
 
 def imfit_bn(n):
@@ -341,10 +340,10 @@ def imfit_bn(n):
     """
     n = np.asarray(n, dtype=float)
     n2 = n * n
+    c, m = IMFIT_BN_CB99, IMFIT_BN_M03
     with np.errstate(divide="ignore", invalid="ignore"):
-        cb = (2.0 * n - _CB99[0] + _CB99[1] / n + _CB99[2] / n2 + _CB99[3] / (n2 * n)
-              - _CB99[4] / (n2 * n2))
-    m03 = _M03[0] + _M03[1] * n + _M03[2] * n2 + _M03[3] * n2 * n + _M03[4] * n2 * n2
+        cb = 2.0 * n - c[0] + c[1] / n + c[2] / n2 + c[3] / (n2 * n) - c[4] / (n2 * n2)
+    m03 = m[0] + m[1] * n + m[2] * n2 + m[3] * n2 * n + m[4] * n2 * n2
     out = np.where(n > 0.36, cb, m03)
     return out[()] if out.ndim == 0 else out
 

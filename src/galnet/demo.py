@@ -74,20 +74,42 @@ def _write_fits(h5: Path, out_dir: Path) -> tuple[Path, Path]:
     return stamps, psf
 
 
+#: What a demo writes into its folder (a new demo replaces them).
+DEMO_FILES = ("demo.h5", "gallery.png", "stamps.fits", "psfs.fits", "catalog.ecsv", "report")
+
+
+def _clear(out_dir: Path) -> None:
+    """Remove the outputs of an earlier demo in ``out_dir`` (and nothing else)."""
+    import shutil
+
+    for name in DEMO_FILES:
+        p = out_dir / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
 def run_demo(out_dir: str | Path = "galnet-demo", n: int = 2000, seed: int = 0,
              progress: bool = True, preset: str = "hsc-r", model: str | Path | None = None
              ) -> dict[str, Path]:
     """Simulate, predict and evaluate ``n`` stamps in ``out_dir``; print a summary.
 
+    The files of an earlier demo in ``out_dir`` (:data:`DEMO_FILES`) are replaced.
     Returns the paths written: ``h5`` (simulation), ``stamps``/``psfs`` (FITS inputs), ``catalog``
     (ECSV), ``report`` (evaluation directory), ``gallery`` (25 input stamps)."""
     from galnet.evaluate.metrics import evaluate
     from galnet.nn.predict import predict_files
     from galnet.sim.simulate import simulate
 
+    if model is not None:  # fail before the simulation, not after it
+        from galnet.nn.model import load_model
+
+        load_model(model)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        _clear(out_dir)
     except OSError as err:
         raise GalnetFileError(f"cannot create {str(out_dir)!r}: {err.strerror or err}") from err
     h5 = out_dir / "demo.h5"

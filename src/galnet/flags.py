@@ -18,7 +18,11 @@ import numpy as np
 
 from galnet.errors import GalnetValueError
 
-__all__ = ["Flag", "DESCRIPTIONS", "decode", "decode_array", "flag_table"]
+__all__ = ["Flag", "DESCRIPTIONS", "LOW_SNR_LIMIT", "decode", "decode_array", "flag_table"]
+
+#: Below this model S/N a measurement gets :attr:`Flag.LOW_SNR` (the network trained on S/N >= 5;
+#: the reported accuracy is for S/N > 10). Used by ``galnet predict`` and ``galnet fit``.
+LOW_SNR_LIMIT = 10.0
 
 
 class Flag(IntFlag):
@@ -43,7 +47,8 @@ DESCRIPTIONS: dict[Flag, str] = {
     Flag.REBINNED: "the galaxy was too large for the stamp: image and PSF rebinned by 2 or 3",
     Flag.OUT_OF_PRIOR: "a predicted parameter lies outside the training prior of the network",
     Flag.BAD_PSF: "the PSF peak was > 2 px off-centre or > 10% of its flux fell outside 25x25",
-    Flag.NONFINITE: "the stamp (or its sigma/ivar) had non-finite pixels (set to 0 and masked)",
+    Flag.NONFINITE: ("non-finite pixels in the stamp or its sigma/ivar (set to 0, masked), "
+                     "or a non-finite result"),
     Flag.PADDED: "the stamp was smaller than the model input: padded, padded pixels masked",
     Flag.FIT_NOT_CONVERGED: "the forward-model fit did not converge",
     Flag.BOUND_HIT: "a fitted parameter ended at one of its bounds",

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 from scipy import special
 
-from galnet.conventions import mag_to_flux, stamp_centre
+from galnet.conventions import flux_to_mag, mag_to_flux, stamp_centre
 from galnet.errors import GalnetFileError, GalnetPresetError, GalnetValueError
+from galnet.params import SERSIC
 
 __all__ = [
     "Distribution",
@@ -81,6 +82,19 @@ class Distribution:
         if self.dist == "truncnormal":
             return f"N({self.mean:g}, {self.std:g}) in [{self.low:g}, {self.high:g}]"
         return f"{self.dist}[{self.low:g}, {self.high:g}]"
+
+
+def _check_render_range(dist, bounds: tuple[float, float], where: str, name: str) -> None:
+    """A prior must lie inside the renderer's range ``bounds`` (galnet.params, ``render``):
+    inclusive, except that a lower bound of 0 is exclusive; an infinite upper bound is open."""
+    lo, hi = bounds
+    ok = (dist.low > lo if lo == 0 else dist.low >= lo) and dist.high <= hi
+    if ok:
+        return
+    if math.isinf(hi):
+        raise GalnetValueError(f"{where} must be > {lo:g}", name)
+    left = "(" if lo == 0 else "["
+    raise GalnetValueError(f"{where} must lie in {left}{lo:g}, {hi:g}] (renderer limits)", name)
 
 
 def _distribution(d: Any, where: str) -> Distribution:
@@ -226,6 +240,13 @@ class Preset:
         """The preset's full TOML content (plus its name) as JSON."""
         return json.dumps({"name": self.name, **_thaw(self.config)}, sort_keys=True)
 
+    @staticmethod
+    def from_json(text: str) -> Preset:
+        """The preset written by :meth:`to_json` (e.g. a simulation file's ``preset_config``),
+        validated as when loaded from TOML."""
+        cfg = json.loads(text)
+        return _build(str(cfg.pop("name")), cfg)
+
     def light_in_stamp(self, re_pix, n, q, radius: float | None = None) -> np.ndarray:
         """Fraction of the (PSF-free) light of a Sérsic profile inside a circle of ``radius``
         pixels around its centre [default: :attr:`containment_radius`].
@@ -263,7 +284,7 @@ class Preset:
         p = self.priors
         mag = p["mag"].sample(rng, n)
         q = p["q"].sample(rng, n)
-        pa = np.mod(p["pa_deg"].sample(rng, n), 180.0)
+        pa = SERSIC["pa_deg"].wrap(p["pa_deg"].sample(rng, n))
         cx, cy = stamp_centre(self.shape)
         x = cx + p["offset_pix"].sample(rng, n)
         y = cy + p["offset_pix"].sample(rng, n)
@@ -305,7 +326,7 @@ def point_source_depth(sky_rms, fwhm_arcsec, pixel_scale: float, zeropoint: floa
     so ``depth = zeropoint - 2.5 log10(5 sky_rms sqrt(4 pi) s)``.
     """
     s = np.asarray(fwhm_arcsec, dtype=float) * _FWHM_TO_SIGMA / pixel_scale
-    return zeropoint - 2.5 * np.log10(5.0 * sky_rms * np.sqrt(4.0 * np.pi) * s)
+    return flux_to_mag(5.0 * sky_rms * np.sqrt(4.0 * np.pi) * s, zeropoint)
 
 
 @lru_cache(maxsize=1)
@@ -379,14 +400,11 @@ def _build(name: str, t: dict) -> Preset:
     containment = _number(pr.get("containment"), f"{where}.priors.containment")
     if not 0 < containment < 1:
         raise GalnetValueError(f"{where}.priors.containment must be in (0, 1)", "containment")
-    if priors["q"].low <= 0 or priors["q"].high > 1:
-        raise GalnetValueError(f"{where}.priors.q must lie in (0, 1]", "q")
-    if priors["n"].low < 0.2 or priors["n"].high > 10:
-        raise GalnetValueError(f"{where}.priors.n must lie in [0.2, 10] (renderer limits)", "n")
-    if priors["pa_deg"].low < 0 or priors["pa_deg"].high > 180:
-        raise GalnetValueError(f"{where}.priors.pa_deg must lie in [0, 180]", "pa_deg")
-    if priors["re_arcsec"].low <= 0:
-        raise GalnetValueError(f"{where}.priors.re_arcsec must be > 0", "re_arcsec")
+    for k, spec in (("q", "q"), ("n", "n"), ("re_arcsec", "re_pix")):
+        _check_render_range(priors[k], SERSIC[spec].render, f"{where}.priors.{k}", k)
+    period = SERSIC["pa_deg"].cyclic
+    if priors["pa_deg"].low < 0 or priors["pa_deg"].high > period:
+        raise GalnetValueError(f"{where}.priors.pa_deg must lie in [0, {period:g}]", "pa_deg")
     off = priors["offset_pix"]
     if max(abs(off.low), abs(off.high)) >= (sizes["stamp"] - 1) / 4:
         raise GalnetValueError(f"{where}.priors.offset_pix is too wide for the stamp", "offset_pix")

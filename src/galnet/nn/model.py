@@ -33,6 +33,7 @@ from torch import nn
 
 from galnet.errors import GalnetFileError
 from galnet.io.files import atomic_write
+from galnet.params import SERSIC
 
 __all__ = [
     "ModelConfig",
@@ -46,11 +47,16 @@ __all__ = [
     "count_flops",
     "save_model",
     "load_model",
+    "training_prior",
     "DEFAULT_WEIGHTS",
 ]
 
-#: The network's regression targets, in order.
+#: The network's regression targets, in order: the centre offsets, log10 of the flux over the sky
+#: rms, then ``re_pix``, ``n`` and ``q`` (log10 where galnet.params.SERSIC marks them log) and the
+#: angle as (cos, sin) of 2 pi pa / period (the period from the table: 180 degrees).
 TARGETS: tuple[str, ...] = ("dx", "dy", "logflux", "logre", "logn", "q", "cos2pa", "sin2pa")
+#: The parameter table entries behind targets 3, 4, 5 and the angle pair.
+_RE, _N, _Q, _PA = SERSIC["re_pix"], SERSIC["n"], SERSIC["q"], SERSIC["pa_deg"]
 #: The parameters that get an uncertainty, in order (pa in degrees).
 SIGMA_NAMES: tuple[str, ...] = ("dx", "dy", "logflux", "logre", "logn", "q", "pa")
 
@@ -184,10 +190,11 @@ def encode_targets(params: dict[str, torch.Tensor], noise: torch.Tensor, config:
                    centre: float | None = None) -> torch.Tensor:
     """Standardised targets (B, 8) from catalogue parameters (x, y, flux, re_pix, n, q, pa_deg)."""
     c0 = (config.stamp - 1) / 2 if centre is None else centre
-    th = torch.deg2rad(2 * params["pa_deg"])
+    th = torch.deg2rad(params["pa_deg"] * (360.0 / _PA.cyclic))
     t = torch.stack([params["x"] - c0, params["y"] - c0,
-                     torch.log10(params["flux"] / noise), torch.log10(params["re_pix"]),
-                     torch.log10(params["n"]), params["q"], torch.cos(th), torch.sin(th)], dim=1)
+                     torch.log10(params["flux"] / noise), _to_target(_RE, params["re_pix"]),
+                     _to_target(_N, params["n"]), _to_target(_Q, params["q"]),
+                     torch.cos(th), torch.sin(th)], dim=1)
     loc = t.new_tensor(config.loc)
     scale = t.new_tensor(config.scale)
     return (t - loc) / scale
@@ -199,7 +206,8 @@ def decode(out: torch.Tensor, log_sigma: torch.Tensor, noise: torch.Tensor, conf
 
     Returns tensors ``x, y, flux, re_pix, n, q, pa_deg`` (conventions of galnet.conventions) and
     ``*_err``. Errors of log quantities are propagated linearly (``flux_err = ln10 flux sigma``);
-    ``q`` is clipped to [0.02, 1]; ``pa_deg`` in [0, 180)."""
+    ``q`` is clipped to its physical bounds in galnet.params.SERSIC ([0.02, 1]); ``pa_deg`` is
+    wrapped into [0, 180) (its period in the table)."""
     loc = out.new_tensor(config.loc)
     scale = out.new_tensor(config.scale)
     t = out * scale + loc
@@ -208,16 +216,28 @@ def decode(out: torch.Tensor, log_sigma: torch.Tensor, noise: torch.Tensor, conf
     s_t = s[:, :6] * scale[:6]  # sigmas of dx, dy, logflux, logre, logn, q in target units
     ln10 = math.log(10.0)
     flux = noise * 10 ** t[:, 2]
-    re = 10 ** t[:, 3]
-    n = 10 ** t[:, 4]
-    pa = torch.rad2deg(torch.atan2(t[:, 7], t[:, 6])) / 2 % 180.0
+    re, n, q = (_from_target(p, t[:, j]) for p, j in ((_RE, 3), (_N, 4), (_Q, 5)))
+    pa = torch.rad2deg(torch.atan2(t[:, 7], t[:, 6])) * (_PA.cyclic / 360.0) % _PA.cyclic
     return {
         "x": t[:, 0] + c0, "y": t[:, 1] + c0, "flux": flux, "re_pix": re, "n": n,
-        "q": t[:, 5].clamp(0.02, 1.0), "pa_deg": pa,
+        "q": q.clamp(_Q.lower, _Q.upper), "pa_deg": pa,
         "x_err": s_t[:, 0], "y_err": s_t[:, 1], "flux_err": ln10 * flux * s_t[:, 2],
-        "re_pix_err": ln10 * re * s_t[:, 3], "n_err": ln10 * n * s_t[:, 4], "q_err": s_t[:, 5],
-        "pa_deg_err": s[:, 6] * PA_SIGMA_UNIT,
+        "re_pix_err": _err(_RE, re, s_t[:, 3]), "n_err": _err(_N, n, s_t[:, 4]),
+        "q_err": _err(_Q, q, s_t[:, 5]), "pa_deg_err": s[:, 6] * PA_SIGMA_UNIT,
     }
+
+
+def _to_target(spec, v: torch.Tensor) -> torch.Tensor:
+    return torch.log10(v) if spec.log else v
+
+
+def _from_target(spec, t: torch.Tensor) -> torch.Tensor:
+    return 10 ** t if spec.log else t
+
+
+def _err(spec, value: torch.Tensor, sigma_t: torch.Tensor) -> torch.Tensor:
+    """1-sigma error of a parameter from the sigma of its target (linear propagation of log10)."""
+    return math.log(10.0) * value * sigma_t if spec.log else sigma_t
 
 
 # ---- bookkeeping -------------------------------------------------------------------------------
@@ -260,7 +280,10 @@ def save_model(model: GaLNet, path: str | Path, extra: dict | None = None) -> Pa
 
 
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> GaLNet:
-    """Load a GaLNet from safetensors (default: the shipped hsc-r weights), in eval mode."""
+    """Load a GaLNet from safetensors (default: the shipped hsc-r weights), in eval mode.
+
+    Raises a one-line :class:`GalnetFileError` naming the file when it is missing, is not galnet
+    weights (corrupt header, truncated, other tensors) or holds non-finite values."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
@@ -270,10 +293,33 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+        if "config" not in meta:
+            raise ValueError("no galnet config in the metadata")
         config = ModelConfig(**json.loads(meta["config"]))
         state = load_file(str(path))
         model = GaLNet(config)
         model.load_state_dict(state)
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, SafetensorError) as err:
-        raise GalnetFileError(f"{path}: not galnet weights ({err})") from err
+        msg = " ".join(str(err).split())
+        msg = msg if len(msg) <= 200 else msg[:197] + "..."
+        raise GalnetFileError(f"{path}: not galnet weights ({msg})") from err
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise GalnetFileError(f"{path}: weights contain non-finite values ({len(bad)} tensor(s), "
+                              f"e.g. {bad[0]}): the file is corrupt")
     return model.to(device).eval()
+
+
+def training_prior(preset) -> dict[str, list[float]]:
+    """The training prior recorded in the weights (``config.info['prior']``) for a network
+    trained on simulations of ``preset`` (a :class:`galnet.presets.Preset`), in pixel units:
+    ``re_pix`` and ``n`` ranges, ``q`` range, and ``logflux_noise`` = log10(flux / sky rms)."""
+    pr = preset.priors
+    s = preset.pixel_scale
+    flux = [10 ** (-0.4 * (m - preset.zeropoint)) for m in (pr["mag"].high, pr["mag"].low)]
+    return {
+        "re_pix": [pr["re_arcsec"].low / s, pr["re_arcsec"].high / s],
+        "n": [pr["n"].low, pr["n"].high],
+        "q": [pr["q"].low, pr["q"].high],
+        "logflux_noise": [math.log10(f / preset.sky_rms) for f in flux],
+    }

@@ -19,6 +19,7 @@ metrics, time), ``model.safetensors`` (best validation loss, calibrated), ``conf
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import tomllib
@@ -32,8 +33,8 @@ import torch
 from torch import nn
 
 from galnet.errors import GalnetFileError, GalnetValueError
-from galnet.stats import outlier_fraction, r2_score
 from galnet.io.files import atomic_write
+from galnet.nn.checkpoint import adam_state, load_adam, read_checkpoint, save_checkpoint
 from galnet.nn.model import (
     PA_SIGMA_UNIT,
     GaLNet,
@@ -44,9 +45,20 @@ from galnet.nn.model import (
     prepare_inputs,
     save_model,
     sky_rms,
+    training_prior,
 )
+from galnet.params import SERSIC
+from galnet.runner import progress as progress_bar
+from galnet.runner import resolve_device
+from galnet.stats import outlier_fraction, r2_score
 
-__all__ = ["TrainConfig", "load_config", "load_training_data", "train", "calibrate", "augment"]
+__all__ = ["TrainConfig", "load_config", "check_config", "load_training_data", "train",
+           "calibrate", "augment", "RESUME_FREE"]
+
+log = logging.getLogger(__name__)
+
+#: Options a resumed run may change; any other option must equal the checkpoint's.
+RESUME_FREE = ("epochs", "data", "out_dir", "device", "threads")
 
 
 @dataclass
@@ -72,26 +84,88 @@ class TrainConfig:
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
     """A :class:`TrainConfig` from a TOML file (top-level keys and a ``[model]`` table), then
-    ``overrides`` (None values ignored)."""
+    ``overrides`` (None values ignored). Every value is checked (:func:`check_config`): a wrong
+    type, a value out of range or an unknown key is a one-line :class:`GalnetValueError` naming
+    the key."""
     d: dict[str, Any] = {}
+    where = str(path) if path is not None else "training config"
     if path is not None:
         try:
             d = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as err:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
             raise GalnetFileError(f"{path}: cannot read training config ({err})") from err
     d.update({k: v for k, v in overrides.items() if v is not None})
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise GalnetValueError(f"{path or 'config'}: unknown training option(s) {unknown}")
+        raise GalnetValueError(f"{where}: unknown training option(s) {unknown}", unknown[0])
     m = d.pop("model", {})
     if isinstance(m, ModelConfig):
         m = asdict(m)
+    if not isinstance(m, dict):
+        raise GalnetValueError(f"{where}: model must be a table of model options, got {m!r}",
+                               "model", m)
     mnames = {f.name for f in fields(ModelConfig)}
     if set(m) - mnames:
         bad = sorted(set(m) - mnames)
-        raise GalnetValueError(f"{path or 'config'}: unknown model option(s) {bad}")
-    return TrainConfig(**d, model=ModelConfig(**m))
+        raise GalnetValueError(f"{where}: unknown model option(s) {bad}", f"model.{bad[0]}")
+    cfg = TrainConfig(**d, model=ModelConfig(**m))
+    check_config(cfg, where)
+    return cfg
+
+
+#: Integer options and their minimum.
+_INTS = {"n_train": 1, "n_val": 1, "epochs": 1, "batch": 1, "seed": 0, "threads": 1,
+         "model.stamp": 1, "model.psf_size": 1, "model.width": 1, "model.psf_dim": 1,
+         "model.hidden": 1}
+#: Real options: True if they must be > 0, False if >= 0.
+_FLOATS = {"lr": True, "weight_decay": False, "huber_delta": True, "nll_weight": False}
+#: List options of the model and their length.
+_LISTS = {"model.loc": 8, "model.scale": 8, "model.sigma_scale": 7}
+
+
+def check_config(cfg: TrainConfig, where: str = "training config") -> TrainConfig:
+    """Check the type and range of every option of ``cfg``; return it. Raises a one-line
+    :class:`GalnetValueError` naming the key (``epochs must be an integer >= 1, got 'ten'``)."""
+    def get(key):
+        obj, _, name = key.rpartition(".")
+        return getattr(cfg.model if obj else cfg, name)
+
+    def bad(key, what, v):
+        return GalnetValueError(f"{where}: {key} must be {what}, got {v!r}", key, v)
+
+    for key, lo in _INTS.items():
+        v = get(key)
+        if key == "threads" and v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
+            raise bad(key, f"an integer >= {lo}", v)
+    for key, positive in _FLOATS.items():
+        v = get(key)
+        ok = (isinstance(v, int | float | np.number) and not isinstance(v, bool)
+              and math.isfinite(v) and (v > 0 if positive else v >= 0))
+        if not ok:
+            raise bad(key, "a finite number " + ("> 0" if positive else ">= 0"), v)
+    for key in ("data", "out_dir", "device"):
+        if not isinstance(get(key), str):
+            raise bad(key, "a string", get(key))
+    if not isinstance(cfg.augment, bool):
+        raise bad("augment", "true or false", cfg.augment)
+    for key, length in _LISTS.items():
+        v = get(key)
+        if (not isinstance(v, list | tuple) or len(v) != length
+                or not all(isinstance(x, int | float) and not isinstance(x, bool)
+                           and math.isfinite(x) for x in v)):
+            raise bad(key, f"a list of {length} finite numbers", v)
+    if any(x <= 0 for x in cfg.model.scale) or any(x <= 0 for x in cfg.model.sigma_scale):
+        raise GalnetValueError(f"{where}: model.scale and model.sigma_scale must be > 0",
+                               "model.scale")
+    if not isinstance(cfg.model.info, dict):
+        raise bad("model.info", "a table", cfg.model.info)
+    if cfg.batch > cfg.n_train:
+        raise GalnetValueError(f"{where}: batch ({cfg.batch}) must not exceed n_train "
+                               f"({cfg.n_train})", "batch", cfg.batch)
+    return cfg
 
 
 # ---- data --------------------------------------------------------------------------------------
@@ -114,7 +188,7 @@ def _load_split(f: h5py.File, lo: int, hi: int, config: ModelConfig) -> Split:
              if np.issubdtype(rows[k].dtype, np.number)}
     noise = torch.cat([sky_rms(images[i:i + 8192]) for i in range(0, len(images), 8192)])
     p = {k: torch.as_tensor(truth[k], dtype=torch.float32)
-         for k in ("x", "y", "flux", "re_pix", "n", "q", "pa_deg")}
+         for k in ("flux" if q.role == "mag" else q.name for q in SERSIC)}
     return Split(images, psfs, noise, encode_targets(p, noise, config), truth)
 
 
@@ -165,11 +239,12 @@ def _pa_weight(targets: torch.Tensor, config: ModelConfig) -> torch.Tensor:
 
 
 def _pa_residual_deg(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """|PA error| in degrees (wrapped to [0, 90]) from standardised outputs and targets."""
+    """|PA error| in degrees (wrapped to [0, period / 2] = [0, 90]) from standardised outputs and
+    targets (the (cos, sin) pair covers one period of galnet.params.SERSIC's pa_deg)."""
     a = torch.atan2(out[:, 7], out[:, 6])
     b = torch.atan2(targets[:, 7], targets[:, 6])
     d = torch.remainder(a - b + math.pi, 2 * math.pi) - math.pi
-    return torch.rad2deg(d.abs()) / 2
+    return torch.rad2deg(d.abs()) * (SERSIC["pa_deg"].cyclic / 360.0)
 
 
 def loss_terms(out: torch.Tensor, log_b: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig
@@ -231,75 +306,116 @@ def calibrate(model: GaLNet, split: Split, device: torch.device) -> list[float]:
     return scales
 
 
-# ---- checkpoints (safetensors: no pickle) ----------------------------------------------------
+# ---- checkpoints (galnet.nn.checkpoint: safetensors, no pickle) --------------------------------
 def _save_checkpoint(path: Path, model: GaLNet, opt: torch.optim.Optimizer, epoch: int,
                      best: float, cfg: TrainConfig) -> None:
-    from safetensors.torch import save_file
-
-    state = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    for i, p in enumerate(opt.param_groups[0]["params"]):
-        for k, v in opt.state.get(p, {}).items():
-            state[f"adam.{i}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state.update(adam_state(opt, "adam."))
     meta = {"epoch": str(epoch), "best": repr(best), "config": json.dumps(asdict(cfg))}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+    save_checkpoint(path, state, meta)
+
+
+def _checkpoint_config(path: Path) -> dict[str, Any]:
+    """The training options saved in checkpoint ``path`` (one-line error if it is corrupt)."""
+    meta, _ = _read(path)
+    try:
+        saved = json.loads(meta["config"])
+        int(meta["epoch"]), float(meta["best"])
+    except (KeyError, ValueError, TypeError) as err:
+        raise GalnetFileError(f"{path}: not a galnet training checkpoint (metadata {err}); "
+                              "start afresh with --restart") from err
+    if not isinstance(saved, dict):
+        raise GalnetFileError(f"{path}: not a galnet training checkpoint; start afresh with "
+                              "--restart")
+    return saved
+
+
+def _read(path: Path):
+    try:
+        return read_checkpoint(path)
+    except GalnetFileError as err:
+        raise GalnetFileError(f"{err}; start afresh with --restart") from err
 
 
 def _load_checkpoint(path: Path, model: GaLNet, opt: torch.optim.Optimizer) -> tuple[int, float]:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-    state = load_file(str(path))
-    model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
-    params = opt.param_groups[0]["params"]
-    for key, v in state.items():
-        if key.startswith("adam."):
-            _, i, k = key.split(".", 2)
-            opt.state[params[int(i)]][k] = v.to(params[int(i)].device)
+    meta, state = _read(path)
+    try:
+        model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+        load_adam(opt, state, "adam.")
+    except (RuntimeError, ValueError, IndexError, KeyError) as err:
+        msg = " ".join(str(err).split())[:200]
+        raise GalnetFileError(f"{path}: checkpoint does not match the model ({msg}); start "
+                              "afresh with --restart") from err
     return int(meta["epoch"]), float(meta["best"])
 
 
+def _resumed_config(cfg: TrainConfig, ckpt: Path) -> TrainConfig:
+    """The configuration of a resumed run: ``cfg``, which must agree with the checkpoint's on
+    every option but :data:`RESUME_FREE` (one-line error naming the keys that differ)."""
+    saved = _checkpoint_config(ckpt)
+    given = asdict(cfg)
+    saved_model = dict(saved.get("model") or {})
+    diff = [k for k in given if k not in RESUME_FREE and k != "model"
+            and k in saved and saved[k] != given[k]]
+    diff += [f"model.{k}" for k, v in given["model"].items()
+             if k != "info" and k in saved_model and _norm(saved_model[k]) != _norm(v)]
+    if diff:
+        def show(k):
+            obj, _, name = k.rpartition(".")
+            a, b = (saved_model, given["model"]) if obj else (saved, given)
+            return f"{k} (checkpoint {a[name]!r}, given {b[name]!r})"
+        raise GalnetValueError(f"{ckpt}: options differ from the checkpoint's: "
+                               f"{', '.join(show(k) for k in diff)}; give the same options, or "
+                               "start afresh with --restart", diff[0])
+    return cfg
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
 # ---- the loop ----------------------------------------------------------------------------------
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
           data: tuple[Split, Split, dict] | None = None) -> Path:
     """Train, validate each epoch, checkpoint; return the path of the best, calibrated weights.
 
-    With ``resume`` and a checkpoint in ``cfg.out_dir``, training continues after its last epoch
-    (the architecture and options come from the checkpoint's config)."""
-    from tqdm.auto import tqdm
-
+    With ``resume`` and a checkpoint in ``cfg.out_dir``, training continues after its last epoch;
+    every option but :data:`RESUME_FREE` must then equal the checkpoint's (one-line error naming
+    those that differ). Without ``resume`` (``galnet train --restart``) the checkpoint is ignored
+    and ``log.jsonl`` starts afresh. The weights record the training prior
+    (``config.info['prior']``: what :func:`galnet.nn.predict.out_of_prior` flags against)."""
+    check_config(cfg)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise GalnetFileError(f"{out}: cannot create the output directory ({err.strerror})"
+                              ) from err
     ckpt = out / "checkpoint.safetensors"
-    if resume and ckpt.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(ckpt), framework="pt") as f:
-            saved = json.loads(f.metadata()["config"])
-        saved.update(epochs=cfg.epochs, data=cfg.data, device=cfg.device, threads=cfg.threads)
-        cfg = load_config(None, **saved)
+    resuming = resume and ckpt.is_file()
+    if resuming:
+        cfg = _resumed_config(cfg, ckpt)
+    device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    device = _device(cfg.device)
     tr, va, meta = data if data is not None else load_training_data(cfg)
+    if len(tr.images) < cfg.batch:
+        raise GalnetValueError(f"batch ({cfg.batch}) must not exceed the {len(tr.images)} "
+                               "training stamps", "batch", cfg.batch)
     cfg.model.info = {"data": str(cfg.data), "preset": str(meta.get("preset", "")),
                       "n_train": cfg.n_train, "n_val": cfg.n_val,
-                      "bank": str(meta.get("bank", meta.get("bank_path", "")))}
+                      "bank": str(meta.get("bank", meta.get("bank_path", ""))),
+                      **_prior_info(meta, tr)}
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
 
     model = GaLNet(cfg.model).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, best = 0, math.inf
-    if resume and ckpt.is_file():
+    if resuming:
         start, best = _load_checkpoint(ckpt, model, opt)
+        log.info("resuming %s at epoch %d", ckpt, start + 1)
+    _trim_log(out / "log.jsonl", start)
     steps_per_epoch = len(tr.images) // cfg.batch
 
     def lr_at(step: int) -> float:
@@ -316,8 +432,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
         syms = torch.randint(0, 8 if cfg.augment else 1, (steps_per_epoch,), generator=g)
         model.train()
         sums = np.zeros(2)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, leave=False)
+        bar = progress_bar(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           enable=progress, leave=False)
         for it in bar:
             for grp in opt.param_groups:
                 grp["lr"] = lr_at(epoch * steps_per_epoch + it)
@@ -357,3 +473,43 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     best_model.config.info = cfg.model.info | {"train_config": asdict(cfg) | {"model": None}}
     calibrate(best_model, va, device)
     return save_model(best_model, out / "model.safetensors")
+
+
+def _trim_log(path: Path, start: int) -> None:
+    """Keep the records of epochs <= ``start`` in the training log (none for a fresh run)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("epoch", math.inf) <= start:
+                keep.append(line)
+        except (ValueError, AttributeError):
+            continue
+    atomic_write(path, lambda tmp: tmp.write_text("".join(k + "\n" for k in keep)))
+
+
+def _prior_info(meta: dict[str, Any], tr: Split) -> dict[str, Any]:
+    """The training prior for the weights: from the simulation's preset when it is a known one
+    (as scripts/package_model.py does), else the ranges of the training stamps (logged)."""
+    from galnet.errors import GalnetPresetError
+    from galnet.presets import get_preset
+
+    name = str(meta.get("preset", ""))
+    try:
+        preset = get_preset(name) if name else None
+    except GalnetPresetError:
+        preset = None
+    same = preset is not None and (
+        "preset_config" not in meta
+        or json.loads(preset.to_json()) == json.loads(str(meta["preset_config"])))
+    if same:
+        return {"pixel_scale": preset.pixel_scale, "zeropoint": preset.zeropoint,
+                "prior": training_prior(preset)}
+    log.warning("training data preset %r is not a known preset: the training prior recorded "
+                "in the weights is the range of the training stamps", name)
+    t = tr.truth
+    lf = np.log10(np.maximum(t["flux"], 1e-30) / tr.noise.double().numpy())
+    rng = lambda a: [float(np.min(a)), float(np.max(a))]  # noqa: E731
+    return {"prior": {"re_pix": rng(t["re_pix"]), "n": rng(t["n"]), "q": rng(t["q"]),
+                      "logflux_noise": rng(lf)}}

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from galnet.conventions import _CB99, _M03  # Imfit's b_n constants (conventions.imfit_bn)
+from galnet.conventions import IMFIT_BN_CB99, IMFIT_BN_M03  # Imfit's b_n (imfit_bn)
 from galnet.errors import GalnetValueError
 from galnet.profiles.sersic import sersic_bn
 
@@ -43,9 +43,9 @@ def imfit_bn_torch(n: torch.Tensor) -> torch.Tensor:
     """Imfit's approximate ``b_n`` (torch, differentiable): Ciotti & Bertin (1999) for n > 0.36,
     MacArthur et al. (2003) below, as :func:`galnet.conventions.imfit_bn` (numpy)."""
     n2 = n * n
-    cb = (2.0 * n - _CB99[0] + _CB99[1] / n + _CB99[2] / n2 + _CB99[3] / (n2 * n)
-          - _CB99[4] / (n2 * n2))
-    m03 = _M03[0] + _M03[1] * n + _M03[2] * n2 + _M03[3] * n2 * n + _M03[4] * n2 * n2
+    c, m = IMFIT_BN_CB99, IMFIT_BN_M03
+    cb = 2.0 * n - c[0] + c[1] / n + c[2] / n2 + c[3] / (n2 * n) - c[4] / (n2 * n2)
+    m03 = m[0] + m[1] * n + m[2] * n2 + m[3] * n2 * n + m[4] * n2 * n2
     return torch.where(n > 0.36, cb, m03)
 
 
@@ -108,8 +108,8 @@ def imfit_T(
     pa : (N,) position angle, radians CCW from +y.
     grid_x : (Wc,) x of the pixel centres (0-based; may be negative, e.g. the PSF margin).
     grid_y : (Hc,) y of the pixel centres.
-    bn : ``"exact"`` (default): galnet's exact ``b_n`` (:func:`galnet.profiles.sersic.sersic_bn`), used both
-        in the profile shape and in ``I_e = flux / (2 pi q re^2 n e^b b^-2n Gamma(2n))``.
+    bn : ``"exact"`` (default): galnet's exact ``b_n`` (:func:`galnet.profiles.sersic.sersic_bn`),
+        used both in the profile shape and in ``I_e = flux / (2 pi q re^2 n e^b b^-2n Gamma(2n))``.
         ``"imfit"``: Imfit's series ``b_n`` in both, which with ``I_e`` from
         :func:`galnet.conventions.to_imfit` is *exactly* Imfit's profile. Or an (N,) tensor.
         The two differ (before any PSF) by at most 4e-4 of the peak for 0.3 <= n <= 0.5, 1e-4 at

@@ -38,18 +38,16 @@ def default_model_path(name: str = DEFAULT_MODEL) -> Path:
 def read_cube(path: str | os.PathLike, bands: int, size: int) -> np.ndarray:
     """A FITS image cube of stamps as float32 ``(N, bands, size, size)``; one-line errors name the
     file and the problem (missing, no data, wrong shape, non-finite pixels)."""
-    from astropy.io import fits
+    from galnet.io.fits import open_fits
 
     path = Path(path)
     if not path.exists():
         raise GalnetFileError(f"{str(path)!r}: no such file")
-    try:
-        with fits.open(path) as hdul:
-            data = next((h.data for h in hdul if getattr(h, "data", None) is not None
-                         and h.data.ndim >= 2), None)
-            data = None if data is None else np.asarray(data, dtype=np.float32)
-    except OSError as err:
-        raise GalnetFileError(f"{str(path)!r}: not a readable FITS file ({err})") from err
+    hdul = open_fits(path, "source stamps")  # one-line errors: empty, not FITS, truncated
+    with hdul:
+        data = next((h.data for h in hdul if getattr(h, "data", None) is not None
+                     and h.data.ndim >= 2), None)
+        data = None if data is None else np.array(data, dtype=np.float32)
     if data is None:
         raise GalnetFileError(f"{str(path)!r}: no image data")
     if data.ndim == 3:
@@ -91,6 +89,9 @@ def translate_file(out: str | os.PathLike, *, images: str | os.PathLike | None =
     mpath = Path(model) if model else default_model_path()
     net = load_translator(mpath, device=device)
     c = net.config
+    if zspec is not None and c.cond_dim == 0:
+        raise GalnetValueError(f"{str(mpath)!r} is not conditioned on z_spec: drop --zspec",
+                               "zspec", zspec)
     if images is not None:
         src = read_cube(images, c.bands, c.in_size)
         where = str(images)

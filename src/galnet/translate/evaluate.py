@@ -37,8 +37,8 @@ zeropoint is left out: it cancels in colours). Colours are adjacent-band differe
   colour; the error is ``mean_b |grad_b(pred) - grad_b(truth)|`` per galaxy.
 
 Structure (:func:`structure_fits`, :func:`structure_deltas`): single-Sérsic forward-model fits
-(:func:`galnet.fitting.fitter.fit_arrays`, moments initialisation, ``sigma`` = the sky rms everywhere) of
-the r band; ``d_re = median |re / re_ref - 1|``, ``d_n = median |n - n_ref|``,
+(:func:`galnet.fitting.lm.fit_arrays`, moments initialisation, ``sigma`` = the sky rms
+everywhere) of the r band; ``d_re = median |re / re_ref - 1|``, ``d_n = median |n - n_ref|``,
 ``d_mag = median |mag - mag_ref|``.
 
 Pixels (:func:`pixel_metrics`): ``mse = mean(((pred - target) / sky_b)^2)`` (target sky-rms
@@ -61,7 +61,7 @@ from galnet.errors import GalnetValueError
 from galnet.translate.simulate import ZEROPOINT
 
 if TYPE_CHECKING:
-    from galnet.fitting.fitter import FitConfig
+    from galnet.fitting.problem import FitConfig
     from galnet.translate.simulate import PairSet
 
 __all__ = [
@@ -361,16 +361,18 @@ def structure_fits(images_r: ArrayLike, psfs_r: ArrayLike, sky_r: float, scale: 
 
     ``images_r`` (N, H, W) nanomaggies (any stamp size), ``psfs_r`` (N, h, w) or (h, w)
     effective PSFs, ``sky_r`` the per-pixel sky rms (nanomaggies; the fit's ``sigma`` is this
-    constant map: no Poisson term), ``scale`` arcsec/px. :func:`galnet.fitting.fitter.fit_arrays` with its
-    moments initialisation (:func:`galnet.fitting.fitter.moments_init`) and ``config`` (default
-    :class:`galnet.fitting.fitter.FitConfig`).
+    constant map: no Poisson term), ``scale`` arcsec/px.
+    :func:`galnet.fitting.lm.fit_arrays` with its moments initialisation
+    (:func:`galnet.fitting.init.moments_init`) and ``config`` (default
+    :class:`galnet.fitting.problem.FitConfig`).
 
     Columns: ``x``, ``y`` (pixels), ``re`` (arcsec, semi-major half-light radius), ``n``,
     ``mag`` (AB, ``22.5 - 2.5 log10 flux``; NaN for flux <= 0), ``q``, ``pa_deg``, ``chi2nu``,
     ``converged`` and ``flags`` (:class:`galnet.flags.Flag`: ``FIT_NOT_CONVERGED``,
     ``BOUND_HIT``).
     """
-    from galnet.fitting.fitter import DEFAULT_FIT, fit_arrays
+    from galnet.fitting.lm import fit_arrays
+    from galnet.fitting.problem import DEFAULT_FIT
     from galnet.flags import Flag
 
     img = np.asarray(images_r, dtype=float)

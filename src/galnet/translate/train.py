@@ -45,8 +45,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from galnet.errors import GalnetValueError
+from galnet.errors import GalnetFileError, GalnetValueError
 from galnet.io.files import atomic_write
+from galnet.nn.checkpoint import (
+    adam_state,
+    load_adam,
+    read_checkpoint,
+    save_checkpoint,
+    strip_prefix,
+)
 from galnet.translate.model import (
     PhotoZConfig,
     PhotoZNet,
@@ -139,23 +146,6 @@ def _setup(threads: int | None, device: str) -> torch.device:
     if threads:
         torch.set_num_threads(threads)
     return torch.device(device)
-
-
-def _adam_state(opt: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
-    state = {}
-    for i, p in enumerate(opt.param_groups[0]["params"]):
-        for k, v in opt.state.get(p, {}).items():
-            state[f"{prefix}{i}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
-    return state
-
-
-def _load_adam(opt: torch.optim.Optimizer, state: dict[str, torch.Tensor], prefix: str) -> None:
-    params = opt.param_groups[0]["params"]
-    for key, v in state.items():
-        if key.startswith(prefix):
-            i, k = key[len(prefix):].split(".", 1)
-            p = params[int(i)]
-            opt.state[p][k] = v if k == "step" else v.to(p.device)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -251,36 +241,24 @@ def _validate(model: Translator, loss_fn: nn.Module, data: _Batches, idx: np.nda
 # ---- translator: checkpoints (safetensors, no pickle) ------------------------------------------
 def _save_ckpt(path: Path, model: Translator, best_state: dict[str, torch.Tensor] | None,
                opt: torch.optim.Optimizer, loss_fn: nn.Module, meta: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    state = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
     if best_state is not None:
         state.update({f"best.{k}": v for k, v in best_state.items()})
-    state.update({f"loss.{k}": v.detach().cpu().contiguous()
-                  for k, v in loss_fn.state_dict().items()})
-    state.update(_adam_state(opt, "adam."))
+    state.update({f"loss.{k}": v for k, v in loss_fn.state_dict().items()})
+    state.update(adam_state(opt, "adam."))
     if isinstance(getattr(loss_fn, "flow_optimizer", None), torch.optim.Optimizer):
-        state.update(_adam_state(loss_fn.flow_optimizer, "flowadam."))
-    md = {k: json.dumps(v) for k, v in meta.items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=md))
+        state.update(adam_state(loss_fn.flow_optimizer, "flowadam."))
+    save_checkpoint(path, state, {k: json.dumps(v) for k, v in meta.items()})
 
 
 def _read_ckpt(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
     """(metadata, tensors) of a checkpoint, or None (with a warning) when it is unreadable."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-        return meta, load_file(str(path))
-    except (OSError, ValueError, SafetensorError) as err:
+        raw, state = read_checkpoint(path)
+        return {k: json.loads(v) for k, v in raw.items()}, state
+    except (GalnetFileError, ValueError) as err:
         warnings.warn(f"{path}: unreadable checkpoint ignored ({err})", stacklevel=3)
         return None
-
-
-def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 # ---- translator: the loop ----------------------------------------------------------------------
@@ -293,6 +271,7 @@ def train_translator(pairs: Any, cfg: TranslatorTrainConfig | None, out: str | P
     ``cfg=None``: the defaults of :class:`TranslatorTrainConfig`."""
     from tqdm.auto import tqdm
 
+    from galnet.runner import progress_enabled
     from galnet.translate.losses import make_loss
 
     cfg = cfg or TranslatorTrainConfig()
@@ -336,12 +315,12 @@ def train_translator(pairs: Any, cfg: TranslatorTrainConfig | None, out: str | P
         ck = None
     if ck is not None:
         meta, state = ck
-        model.load_state_dict(_strip(state, "model."))
-        loss_fn.load_state_dict(_strip(state, "loss."))
-        _load_adam(opt, state, "adam.")
+        model.load_state_dict(strip_prefix(state, "model."))
+        loss_fn.load_state_dict(strip_prefix(state, "loss."))
+        load_adam(opt, state, "adam.")
         if isinstance(getattr(loss_fn, "flow_optimizer", None), torch.optim.Optimizer):
-            _load_adam(loss_fn.flow_optimizer, state, "flowadam.")
-        best_state = _strip(state, "best.") or None
+            load_adam(loss_fn.flow_optimizer, state, "flowadam.")
+        best_state = strip_prefix(state, "best.") or None
         start, best, best_step = meta["step"], meta["best"], meta["best_step"]
         wall0, history = meta["wall_s"], meta["history"]
     resumed_from = start
@@ -349,7 +328,7 @@ def train_translator(pairs: Any, cfg: TranslatorTrainConfig | None, out: str | P
     t0 = time.time()
     sums = {"loss": 0.0, "flow": 0.0, "n": 0, "n_flow": 0}
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="translator",
-               disable=not progress)
+               disable=not progress_enabled(progress))
     for step in bar:
         for grp in opt.param_groups:
             grp["lr"] = _lr_at(step, cfg.steps, cfg.lr)
@@ -507,6 +486,8 @@ def train_photoz(images: np.ndarray, z: np.ndarray, target_sky: Any,
     Returns a summary (validation loss, bias, sigma_NMAD, outlier fraction |dz|/(1+z) > 0.05)."""
     from tqdm.auto import tqdm
 
+    from galnet.runner import progress_enabled
+
     cfg = cfg or PhotoZTrainConfig()
     _check_photoz(images, z, target_sky, cfg)
     out = Path(out)
@@ -532,7 +513,7 @@ def train_photoz(images: np.ndarray, z: np.ndarray, target_sky: Any,
     best, best_step, best_state = math.inf, 0, None
     history: list[dict[str, float]] = []
     tot, n = 0.0, 0
-    bar = tqdm(range(cfg.steps), desc="photo-z", disable=not progress)
+    bar = tqdm(range(cfg.steps), desc="photo-z", disable=not progress_enabled(progress))
     for step in bar:
         for grp in opt.param_groups:
             grp["lr"] = _lr_at(step, cfg.steps, cfg.lr)

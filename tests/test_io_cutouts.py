@@ -1,5 +1,6 @@
-"""galnet.io.stamps: every input form, geometry (pad/crop/rebin) with exact transforms, frames,
-PSFs (image, cube, PSFEx), noise, header keywords, bad inputs and catalogue I/O."""
+"""galnet.io stamp readers (cutouts, batch, fits, psf, prepare) and catalogue I/O: every input
+form, geometry (pad/crop/rebin) with exact transforms, frames, PSFs (image, cube, PSFEx), noise,
+header keywords, bad inputs."""
 
 import math
 import time
@@ -14,18 +15,9 @@ from astropy.wcs import WCS
 
 from galnet.errors import GalnetFileError, GalnetPSFError, GalnetValueError
 from galnet.flags import Flag
-from galnet.io.stamps import (
-    StampBatch,
-    catalog_format,
-    iter_frame,
-    iter_stamps,
-    load_frame,
-    load_stamps,
-    read_catalog,
-    to_input_coords,
-    to_stamp_coords,
-    write_catalog,
-)
+from galnet.io.batch import StampBatch, to_input_coords, to_stamp_coords
+from galnet.io.catalog import catalog_format, read_catalog, write_catalog
+from galnet.io.cutouts import iter_frame, iter_stamps, load_frame, load_stamps
 
 S, P, C = 61, 25, 30  # stamp side, PSF side, stamp centre
 
@@ -667,9 +659,9 @@ def _catalogue():
 @pytest.mark.parametrize("suffix", [".ecsv", ".fits", ".parquet"])
 def test_catalogue_roundtrip(tmp_path, suffix):
     path = tmp_path / f"cat{suffix}"
-    path.write_text("old")  # overwrite allowed
+    path.write_text("old")  # overwrite allowed when asked
     t = _catalogue()
-    assert write_catalog(t, path) == path
+    assert write_catalog(t, path, overwrite=True) == path
     r = read_catalog(path)
     assert isinstance(r, QTable) and r.colnames == t.colnames
     for c in t.colnames:

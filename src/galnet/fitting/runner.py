@@ -1,0 +1,280 @@
+"""Stamps in, catalogue out: ``galnet fit`` and ``galnet predict --refine``.
+
+:func:`fit` fits the stamps of one :class:`~galnet.io.batch.StampBatch` (started from the
+network, image moments or a catalogue; neighbours masked) and returns the catalogue of
+``galnet fit`` (a contract; ``docs/fit.md``): the columns of ``galnet predict`` plus ``niter``,
+``converged`` and the fitted ``sky`` when one is fitted. :func:`fit_files` does it for files,
+a chunk at a time, and writes the catalogue (and optionally the models and residuals) atomically.
+
+A stamp that cannot be fitted -- no usable pixel (all masked, non-finite, or ``sigma <= 0``) or
+no finite first guess -- is not fitted: its row has NaN parameters and the flags ``NONFINITE``
+(and ``MASKED_CENTRE`` when it has no usable pixel); the other stamps are fitted as usual. Any
+row whose fitted values or errors are not all finite gets ``NONFINITE``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+
+from galnet.errors import GalnetValueError
+from galnet.fitting.init import auto_mask, init_from_catalog, moments_init
+from galnet.fitting.lm import empty_result, fit_arrays
+from galnet.fitting.problem import DEFAULT_FIT, FIT_KEYS, FitConfig
+from galnet.flags import LOW_SNR_LIMIT, Flag
+from galnet.runner import resolve_device, run_batches
+
+__all__ = ["fit", "fit_files", "usable_stamps", "nonfinite_rows"]
+
+log = logging.getLogger(__name__)
+
+_SKY_MODES = ("none", "flat")
+
+
+def usable_stamps(images, mask=None, sigma=None) -> np.ndarray:
+    """(N,) bool: the stamps with at least one usable pixel (unmasked, finite, and with a finite
+    positive ``sigma`` when a sigma map is given) -- those :func:`fit_arrays` accepts."""
+    ok = np.isfinite(images)
+    if mask is not None:
+        ok &= ~np.asarray(mask, dtype=bool)
+    if sigma is not None:
+        s = np.asarray(sigma)
+        ok &= np.isfinite(s) & (s > 0)
+    return ok.any(axis=(1, 2))
+
+
+def _start(stamps, init, model, device) -> tuple[dict[str, np.ndarray], str]:
+    """Initial parameters (stamp pixels) and a name for them."""
+    if isinstance(init, str) and init == "nn":
+        from galnet.nn.model import GaLNet, load_model
+        from galnet.nn.predict import predict_arrays
+
+        if not isinstance(model, GaLNet):
+            model = load_model(model, device=device)
+        p = predict_arrays(stamps.images, stamps.psfs, sigma=stamps.sigma, mask=stamps.mask,
+                           model=model, device=device, chi2=False)
+        keys = (*FIT_KEYS, *(f"{k}_err" for k in FIT_KEYS))
+        return {k: p[k] for k in keys}, f"nn ({model.config.info.get('name', 'galnet')})"
+    if isinstance(init, str) and init == "moments":
+        return moments_init(stamps.images, stamps.psfs, mask=stamps.mask,
+                            sigma=stamps.sigma), "moments"
+    return init_from_catalog(init, stamps), "catalogue"
+
+
+def _first_guess(stamps, init, **kw):
+    """Initial parameters of ``stamps`` as a catalogue in input pixels (``init`` nn/moments)."""
+    from galnet.io.catalog import stamp_catalog
+
+    start = _start(stamps, init, kw.get("model"), kw.get("device", "cpu"))[0]
+    res = {**{f"{k}_err": np.full(len(stamps), np.nan) for k in FIT_KEYS}, **start,
+           "chi2nu": np.full(len(stamps), np.nan), "snr": np.full(len(stamps), np.nan)}
+    return stamp_catalog(stamps, res, np.asarray(stamps.flags), {"model": "init"})
+
+
+def nonfinite_rows(res: dict) -> np.ndarray:
+    """(N,) bool: rows whose fitted values or errors are not all finite."""
+    bad = np.zeros(len(res["x"]), bool)
+    for k in FIT_KEYS:
+        bad |= ~np.isfinite(res[k]) | ~np.isfinite(res[f"{k}_err"])
+    return bad
+
+
+def fit(stamps, *, init="nn", sky: str = "none", auto_mask_neighbours: bool = True,
+        gain: float | None = None, model=None, device="cpu", config: FitConfig = DEFAULT_FIT,
+        nn_prior: bool = False, progress: bool = False, models_out=None):
+    """The ``galnet fit`` catalogue (QTable with units) of a :class:`galnet.io.batch.StampBatch`.
+
+    ``init``: ``"nn"`` (GaLNet, the default), ``"moments"`` (:func:`moments_init`), or a
+    catalogue (path or table, input pixels). Neighbours are masked with :func:`auto_mask` around
+    the initial position unless ``auto_mask_neighbours=False``. ``gain`` (e-/image unit) adds the
+    source's Poisson noise to the weights when the stamps have no sigma map. Columns: those of
+    ``galnet predict`` (``chi2nu``, ``snr`` of the fitted model), then ``niter``, ``converged``
+    and, with ``sky="flat"``, ``sky``, ``sky_err``; flags ``FIT_NOT_CONVERGED``, ``BOUND_HIT``,
+    ``LOW_SNR``, ``NONFINITE`` (see the module docstring). ``nn_prior`` (with ``init="nn"``): a
+    MAP fit, the network's ``re_pix, n, q, pa_deg`` and errors as a Gaussian prior
+    (``fit_arrays(prior=...)``). ``models_out``: an object with ``add(stamps, models)`` (e.g. a
+    :class:`galnet.io.models.ModelWriter`) that receives the fitted models (N, H, W: Sérsic x PSF
+    plus the fitted sky; NaN for stamps not fitted).
+    """
+    from galnet.io.catalog import stamp_catalog
+
+    if sky not in _SKY_MODES:
+        raise GalnetValueError(f"sky must be 'none' or 'flat', got {sky!r}", "sky", sky)
+    device = resolve_device(device)
+    has_map = any(k in stamps.meta for k in ("sigma", "ivar"))
+    sigma = stamps.sigma if (has_map or gain is None) else None
+    start, name = _start(stamps, init, model, device)
+    if nn_prior and not name.startswith("nn"):
+        raise GalnetValueError("the network prior needs init='nn'", "nn_prior")
+    has_pixels = usable_stamps(stamps.images, stamps.mask, sigma)
+    started = np.all([np.isfinite(np.asarray(start[k], float)) for k in FIT_KEYS], axis=0)
+    mask = stamps.mask
+    if auto_mask_neighbours:
+        mask = auto_mask(stamps.images, stamps.sigma, stamps.mask,
+                         centre=(start["x"], start["y"]))
+    usable = usable_stamps(stamps.images, mask, sigma) & started
+    res = empty_result(len(stamps))
+    models = np.full(stamps.images.shape, np.nan) if models_out is not None else None
+    if usable.any():
+        sel = np.flatnonzero(usable)
+        psfs = stamps.psfs if len(stamps.psfs) == 1 else stamps.psfs[sel]
+        prior = ({k: np.asarray(v)[sel] for k, v in start.items()} if nn_prior else None)
+        r = fit_arrays(stamps.images[sel], psfs, sigma=None if sigma is None else sigma[sel],
+                       mask=mask[sel], init={k: np.asarray(v)[sel] for k, v in start.items()
+                                             if k in FIT_KEYS},
+                       sky=sky, gain=gain, prior=prior, device=device, config=config,
+                       progress=progress, models=models is not None)
+        if models is not None:
+            models[sel] = r.pop("model")
+        for k, v in r.items():
+            res[k][sel] = v
+    if not usable.all():
+        log.warning("%d of %d stamps could not be fitted (no usable pixel or no finite first "
+                    "guess): NaN, flagged NONFINITE", int((~usable).sum()), len(stamps))
+    flags = np.asarray(stamps.flags, dtype=np.int64).copy()
+    flags |= np.where(~res["converged"], int(Flag.FIT_NOT_CONVERGED), 0)
+    flags |= np.where(res["bound"], int(Flag.BOUND_HIT), 0)
+    flags |= np.where(res["snr"] < LOW_SNR_LIMIT, int(Flag.LOW_SNR), 0)
+    flags |= np.where(nonfinite_rows(res), int(Flag.NONFINITE), 0)
+    flags |= np.where(~has_pixels, int(Flag.MASKED_CENTRE), 0)
+    t = stamp_catalog(stamps, res, flags, {"model": name})
+    t["niter"] = res["niter"]
+    t["converged"] = res["converged"]
+    if sky == "flat":
+        t["sky"] = res["sky"]
+        t["sky_err"] = res["sky_err"]
+    t.meta["fit"] = {"init": name, "sky": sky, "nn_prior": bool(nn_prior),
+                     "auto_mask": bool(auto_mask_neighbours),
+                     "scale_errors": bool(config.scale_errors), "dtype": config.dtype}
+    if models_out is not None:
+        models_out.add(stamps, models)
+    return t
+
+
+def _native_size(images) -> int:
+    """Odd side of the square stamp that holds the largest input image whole."""
+    import contextlib
+
+    from galnet.io.fits import main_input
+
+    with contextlib.ExitStack() as stack:
+        cube, _ = main_input(images, "images", stack)
+        return int(max(cube.shape[1:])) | 1
+
+
+def _provenance(stamps_meta: dict, inputs: dict, init, model, options: dict,
+                command=None) -> dict:
+    """The catalogue's provenance (galnet.io.catalog.provenance) of a ``fit_files`` run."""
+    import os
+
+    from galnet.io.catalog import provenance
+
+    files = {k: v for k, v in inputs.items() if isinstance(v, str | os.PathLike)}
+    if isinstance(init, str | os.PathLike) and init not in ("nn", "moments"):
+        files["init"] = init
+    weights = None
+    if isinstance(init, str) and init == "nn":
+        from galnet.nn.model import DEFAULT_WEIGHTS
+
+        weights = model if isinstance(model, str | os.PathLike) else (
+            DEFAULT_WEIGHTS if model is None else {"name": "in-memory GaLNet"})
+    sources = {k: stamps_meta[f"{k}_source"] for k in ("zeropoint", "pixel_scale")
+               if f"{k}_source" in stamps_meta}
+    for k, v in sources.items():
+        if str(v).startswith("preset"):
+            log.warning("%s from the %s default (no header keyword, WCS or option)", k, v)
+    return provenance(command=command, inputs=files, weights=weights, options=options,
+                      sources=sources)
+
+
+def fit_files(out, *, images=None, psf=None, sigma=None, ivar=None, mask=None, frame=None,
+              positions=None, psf_positions=None, pixel_scale: float | None = None,
+              zeropoint: float | None = None, preset: str = "hsc-r", init="nn",
+              sky: str = "none", auto_mask_neighbours: bool = True, gain: float | None = None,
+              model=None, device: str | None = "cpu", chunk: int = 1024,
+              config: FitConfig = DEFAULT_FIT, native: bool = False, nn_prior: bool = False,
+              progress: bool = True, save_models=None, overwrite: bool = False, command=None):
+    """``galnet fit`` (and ``galnet predict --refine``): the inputs of ``galnet predict`` ->
+    catalogue ``out`` (.ecsv / .fits / .parquet, written atomically; an existing file is refused
+    unless ``overwrite``), ``chunk`` stamps at a time. See :func:`fit` for ``init``, ``sky``,
+    ``auto_mask_neighbours``, ``gain``, ``nn_prior``. ``native=True`` (``images`` only) fits
+    each input image whole, at its own pixels (no cropping, no rebinning; e.g. a galaxy far
+    bigger than 61x61), started from ``init`` computed on the usual stamps. ``save_models``: a
+    FITS path for the fitted models and residuals (:mod:`galnet.io.models`: one
+    multi-extension file, written atomically at the end: nothing under that name if the run
+    stops). Outputs are checked for writability before any work. The table meta holds the
+    provenance (``meta["provenance"]``; ``command``: the command line, default ``sys.argv``).
+    Returns the catalogue (QTable)."""
+    import contextlib
+    import os
+
+    from astropy.table import vstack
+
+    from galnet.io.catalog import catalog_format, read_catalog, write_catalog
+    from galnet.io.files import check_writable
+    from galnet.nn.predict import open_inputs
+
+    catalog_format(out)
+    check_writable(out, overwrite)
+    if save_models is not None:
+        check_writable(save_models, overwrite)
+    if sky not in _SKY_MODES:
+        raise GalnetValueError(f"sky must be 'none' or 'flat', got {sky!r}", "sky", sky)
+    device = resolve_device(device)
+    init_arg = init
+    if not (isinstance(init, str) and init in ("nn", "moments")) and not hasattr(init, "colnames"):
+        init = read_catalog(init, role="init catalogue")  # a path: read once, fail early
+    inputs = dict(images=images, psf=psf, sigma=sigma, ivar=ivar, mask=mask, frame=frame,
+                  positions=positions, psf_positions=psf_positions, pixel_scale=pixel_scale,
+                  zeropoint=zeropoint, chunk=chunk)
+    if native:
+        if frame is not None:
+            raise GalnetValueError("native fits take images, not a frame", "frame")
+        if not hasattr(init, "colnames"):  # first guesses on the usual stamps
+            kw = dict(auto_mask_neighbours=False, model=model, device=device)
+            init = vstack([_first_guess(b, init, **kw) for b in open_inputs(preset=preset,
+                                                                            **inputs)])
+        from galnet.presets import get_preset
+
+        p = get_preset(preset)
+        preset = replace(p, stamp=_native_size(images))
+        inputs["rebin"] = 1
+    batches = open_inputs(preset=preset, **inputs)
+    model_arg = model
+    if isinstance(init, str) and init == "nn":
+        from galnet.nn.model import GaLNet, load_model
+
+        if not isinstance(model, GaLNet):
+            model = load_model(model, device=device)
+        model = model.folded()
+    meta: dict = {}
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if save_models is not None:
+            from galnet.io.models import ModelWriter
+
+            writer = stack.enter_context(ModelWriter(save_models, overwrite=overwrite))
+
+        def one(b):
+            meta.update(b.meta)
+            return fit(b, init=init, sky=sky, auto_mask_neighbours=auto_mask_neighbours,
+                       gain=gain, model=model, device=device, config=config, nn_prior=nn_prior,
+                       models_out=writer)
+
+        tables = run_batches(one, batches, progress=progress, desc="fit")
+        t = vstack(tables, metadata_conflicts="silent") if len(tables) > 1 else tables[0]
+        init_name = str(init_arg) if isinstance(init_arg, str | os.PathLike) else "table"
+        options = dict(preset=getattr(preset, "name", preset), init=init_name, sky=sky,
+                       auto_mask_neighbours=auto_mask_neighbours, gain=gain,
+                       device=str(device), chunk=chunk, native=native, nn_prior=nn_prior,
+                       pixel_scale=pixel_scale, zeropoint=zeropoint,
+                       scale_errors=config.scale_errors, dtype=config.dtype,
+                       save_models=save_models)
+        files = {k: v for k, v in inputs.items() if k != "chunk"}
+        t.meta["provenance"] = _provenance(meta, files, init_arg, model_arg, options, command)
+        if writer is not None:  # written when the block ends normally
+            writer.meta = {"provenance": t.meta["provenance"], "fit": t.meta["fit"]}
+    write_catalog(t, out, overwrite=overwrite)
+    return t
