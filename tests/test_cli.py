@@ -407,3 +407,20 @@ def test_save_models_file_or_folder(small, tmp_path):
             names = [x.name for x in h]
             assert "MODEL" in names and "RESIDUAL" in names and "OBJECTS" in names, names
             assert h["MODEL"].data.shape[0] == 3
+
+
+@pytest.mark.parametrize("cmd", ["predict", "fit"])
+def test_save_models_onto_the_catalogue_is_a_usage_error(tmp_path, capsys, cmd):
+    """``--out X --save-models X`` ran the whole job and then failed; now refused up front."""
+    from astropy.io import fits
+
+    rng = np.random.default_rng(0)
+    fits.PrimaryHDU(rng.normal(0, 1, (2, 61, 61)).astype(np.float32)).writeto(tmp_path / "s.fits")
+    yy, xx = np.mgrid[:25, :25] - 12
+    fits.PrimaryHDU(np.exp(-(xx**2 + yy**2) / 4.5)).writeto(tmp_path / "p.fits")
+    out = tmp_path / "same.fits"
+    msg = _one_line_error(capsys, [cmd, "--images", str(tmp_path / "s.fits"), "--psf",
+                                   str(tmp_path / "p.fits"), "--out", str(out),
+                                   "--save-models", str(out)], status=2)
+    assert "same file" in msg
+    assert not out.exists()

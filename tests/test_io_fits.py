@@ -154,3 +154,23 @@ def test_implausible_zeropoint(tmp_path):
     b = load_stamps(imgs, _psf(), zeropoint=-48.6)  # erg/s/cm^2/Hz images
     assert b.zeropoint == -48.6 and b.meta["zeropoint_source"] == "argument"
     assert load_stamps(imgs, _psf()).meta["zeropoint_source"] == "preset hsc-r"
+
+
+@pytest.mark.parametrize("opener", ["gzip", "bz2"])
+def test_compressed_fits_is_read_and_a_cut_stream_refused(tmp_path, opener):
+    """A .gz/.bz2 FITS file is smaller on disk than its HDUs: the truncation check must not
+    refuse it (it did: "truncated FITS file"), and a cut compressed stream is one line."""
+    import bz2
+    import gzip
+
+    raw = _stamps(tmp_path).read_bytes()
+    mod = {"gzip": gzip, "bz2": bz2}[opener]
+    good = tmp_path / f"s.fits.{'gz' if opener == 'gzip' else 'bz2'}"
+    good.write_bytes(mod.compress(raw))
+    batch = load_stamps(good, _psf(), pixel_scale=0.168, zeropoint=27.0)
+    assert batch.images.shape[0] == 4
+    cut = tmp_path / f"cut{good.suffix}"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(GalnetFileError, match="cut") as ei:
+        load_stamps(cut, _psf(), pixel_scale=0.168, zeropoint=27.0)
+    _one_line(ei)

@@ -238,3 +238,26 @@ def test_save_models_interrupted_leaves_nothing(weights, data, tmp_path, monkeyp
 
     mod, res, objects, _ = read_models(tmp_path / "m.fits")
     assert mod.shape == (6, 61, 61) and list(objects["id"]) == list(range(6))
+
+
+@pytest.mark.parametrize("with_sigma", [True, False])
+def test_small_stamp_noise_is_not_the_floor(with_sigma):
+    """A 45x45 stamp padded to 61 px has no unmasked pixel in the 6-px outer ring: the sky rms
+    fell to its 1e-6-of-peak floor and the network returned n ~ 0.01, q = 0.02. The noise now
+    comes from the sigma map (or all unmasked pixels) and the parameters are sane."""
+    import galnet
+    from galnet.nn.predict import predict_arrays
+
+    yy, xx = np.mgrid[:25, :25] - 12
+    psf = np.exp(-(xx**2 + yy**2) / (2 * 1.5**2))
+    psf /= psf.sum()
+    img = galnet.render(dict(x=22.0, y=22.0, mag=20.0, re_pix=4.0, n=2.0, q=0.6, pa_deg=35.0),
+                        psf, shape=(45, 45), zeropoint=27.0)[0]
+    rng = np.random.default_rng(1)
+    imgs = np.stack([img + rng.normal(0, 1, img.shape) for _ in range(3)])
+    res = predict_arrays(imgs, psf, sigma=np.ones_like(imgs) if with_sigma else None,
+                         chi2=False)
+    assert np.all(res["noise"] > 0.5) and np.all(res["noise"] < 2.0), res["noise"]
+    assert np.all(np.abs(np.log(res["re_pix"] / 4.0)) < np.log(1.5)), res["re_pix"]
+    assert np.all((res["n"] > 1.0) & (res["n"] < 4.0)), res["n"]
+    assert np.all(res["q"] > 0.4), res["q"]

@@ -39,6 +39,16 @@ def flux_to_mag(flux, zeropoint: float):
     return zeropoint - 2.5 * np.log10(np.asarray(flux, dtype=float))
 
 
+def magnitudes(flux, flux_err, zeropoint: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(mag, mag_err)`` of total fluxes and their 1-sigma errors (image units): NaN where the
+    flux is not positive; ``mag_err = 2.5 / ln(10) * flux_err / flux``."""
+    f = np.asarray(flux, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = flux_to_mag(np.where(f > 0, f, np.nan), zeropoint)
+        mag_err = 2.5 / np.log(10.0) * np.asarray(flux_err, dtype=float) / f
+    return mag, mag_err
+
+
 def wrap_pa(pa_deg):
     """Wrap position angles (degrees) into [0, 180)."""
     return SPECS["pa_deg"].wrap(pa_deg)

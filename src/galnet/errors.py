@@ -10,9 +10,14 @@ Which to raise:
 - :class:`GalnetPSFError` -- the PSF image is unusable (not 2-D, even-sized, non-positive sum).
 - :class:`GalnetFileError` -- a file is missing, unreadable, malformed or not writable.
 - :class:`GalnetPresetError` -- an unknown preset name.
+- :class:`GalnetDependencyError` -- an optional dependency (an install extra) is missing;
+  raised by :func:`optional_import`.
 """
 
 from __future__ import annotations
+
+import importlib
+from types import ModuleType
 
 
 class GalnetError(Exception):
@@ -44,3 +49,19 @@ class GalnetPresetError(GalnetError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it plain
         return str(self.args[0]) if self.args else ""
+
+
+class GalnetDependencyError(GalnetError, ImportError):
+    """An optional dependency is not installed (the message names the install extra)."""
+
+
+def optional_import(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import ``module`` of the install extra ``extra``, or raise a one-line
+    :class:`GalnetDependencyError`: "<purpose> needs <module>: pip install 'galnet[<extra>]'"."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        top = module.split(".")[0]
+        raise GalnetDependencyError(
+            f"{purpose} needs {top}, which is not installed: pip install 'galnet[{extra}]'"
+        ) from err

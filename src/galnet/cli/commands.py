@@ -228,6 +228,9 @@ def _models_file(a: argparse.Namespace) -> tuple[Path | None, Path | None]:
     if a.save_models is None:
         return None, None
     p = Path(a.save_models)
+    target = p if p.suffix.lower() in (".fits", ".fit") else p / MODELS_FILE
+    if target.resolve() == Path(a.out).resolve():
+        raise UsageError(f"--save-models and --out name the same file ({a.out})")
     if p.suffix.lower() in (".fits", ".fit"):
         return check_output(p, a.overwrite, what="--save-models file"), None
     check_output_dir(p, overwrite=True, what="--save-models folder")

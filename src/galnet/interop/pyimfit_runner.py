@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from galnet.conventions import IMFIT_KEYS, from_imfit, imfit_model_dict, to_imfit
-from galnet.errors import GalnetValueError
+from galnet.errors import GalnetValueError, optional_import
 from galnet.interop.imfit import (
     DEFAULT_LIMITS,
     IMFIT_SERSIC,
@@ -33,12 +33,7 @@ _JAC_REL = 1e-5
 
 
 def _import_pyimfit():
-    try:
-        import pyimfit
-    except ImportError as err:
-        raise ImportError("galnet.interop.imfit_fit needs PyImfit, the 'imfit' extra: "
-                          "pip install 'galnet[imfit]'") from err
-    return pyimfit
+    return optional_import("pyimfit", "imfit", "galnet.interop.imfit_fit")
 
 
 def _as_plane(a, name: str, shape=None) -> np.ndarray:

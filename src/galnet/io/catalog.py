@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from galnet.conventions import magnitudes
 from galnet.errors import GalnetFileError, GalnetValueError
 from galnet.flags import DESCRIPTIONS, Flag
 from galnet.io.files import atomic_write, check_writable, jsonable
@@ -126,9 +127,7 @@ def stamp_catalog(stamps, res: Mapping, flags, meta: Mapping | None = None):
     zp = float(stamps.zeropoint)
     scale = float(stamps.pixel_scale)
     flux = res["flux"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mag = zp - 2.5 * np.log10(np.where(flux > 0, flux, np.nan))
-        mag_err = 2.5 / math.log(10) * res["flux_err"] / flux
+    mag, mag_err = magnitudes(flux, res["flux_err"], zp)
     one = u.dimensionless_unscaled
     vals = {
         "x": (x, k * res["x_err"]), "y": (y, k * res["y_err"]), "mag": (mag, mag_err),

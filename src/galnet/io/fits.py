@@ -79,6 +79,9 @@ def check_complete(hdul, path) -> None:
         info = hdul.fileinfo(i)
         if info is None:
             continue
+        if getattr(info.get("file"), "compression", None):  # .gz/.bz2: sizes are not on disk
+            _read_compressed(hdu, path, i)
+            continue
         if isinstance(hdu, fits.CompImageHDU):  # stored as a table: its padded span on disk
             need = info["datLoc"] + max(0, info["datSpan"] - 2879)
         else:
@@ -90,6 +93,15 @@ def check_complete(hdul, path) -> None:
         if need > size:
             raise GalnetFileError(f"{path}: truncated FITS file (HDU {i} needs {need} bytes, "
                                   f"the file has {size})")
+
+
+def _read_compressed(hdu, path, i: int) -> None:
+    """Read the data of HDU ``i`` of a gzip/bzip2 file: a cut stream fails here, not later."""
+    try:
+        _ = hdu.data
+    except (OSError, EOFError, ValueError, TypeError) as err:
+        raise GalnetFileError(f"{path}: truncated or corrupt compressed FITS file (HDU {i}: "
+                              f"{_one_line(err)})") from None
 
 
 def open_fits(path, what: str, stack: contextlib.ExitStack | None = None):

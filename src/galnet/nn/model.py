@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from galnet.conventions import mag_to_flux
 from galnet.errors import GalnetFileError
 from galnet.io.files import atomic_write
 from galnet.params import SERSIC
@@ -316,7 +317,7 @@ def training_prior(preset) -> dict[str, list[float]]:
     ``re_pix`` and ``n`` ranges, ``q`` range, and ``logflux_noise`` = log10(flux / sky rms)."""
     pr = preset.priors
     s = preset.pixel_scale
-    flux = [10 ** (-0.4 * (m - preset.zeropoint)) for m in (pr["mag"].high, pr["mag"].low)]
+    flux = [float(mag_to_flux(m, preset.zeropoint)) for m in (pr["mag"].high, pr["mag"].low)]
     return {
         "re_pix": [pr["re_arcsec"].low / s, pr["re_arcsec"].high / s],
         "n": [pr["n"].low, pr["n"].high],

@@ -32,9 +32,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from galnet.conventions import magnitudes
 from galnet.errors import GalnetValueError
 from galnet.flags import LOW_SNR_LIMIT, Flag
-from galnet.nn.model import DEFAULT_WEIGHTS, GaLNet, decode, load_model, prepare_inputs, sky_rms
+from galnet.nn.model import (
+    _RING,
+    DEFAULT_WEIGHTS,
+    GaLNet,
+    decode,
+    load_model,
+    prepare_inputs,
+    sky_rms,
+)
 from galnet.params import SERSIC
 from galnet.profiles.render import DEFAULT_CONFIG, psf_transform, render_grouped, window_sizes
 from galnet.runner import resolve_device, run_batches, run_chunks
@@ -66,6 +75,35 @@ def _native(a):
 
 
 _NATIVE = "<" if np.little_endian else ">"
+
+
+#: Fewest unmasked pixels in the outer ring for its sky rms (:func:`sky_rms`) to be used; with
+#: fewer (a small stamp padded to 61 px, a crowded border), the noise comes from the sigma map or,
+#: without one, from all unmasked pixels.
+MIN_RING_PIXELS = 100
+
+
+def _noise(im: torch.Tensor, m: torch.Tensor | None, sigma: torch.Tensor | None) -> torch.Tensor:
+    """Sky rms (B,) that scales the network's input: the outer ring's (as in training), unless
+    the ring has fewer than :data:`MIN_RING_PIXELS` unmasked pixels."""
+    B, H, W = im.shape
+    if m is None:
+        return sky_rms(im)
+    noise = sky_rms(torch.where(m, torch.nan, im), nan=True)
+    ring = torch.ones(H, W, dtype=torch.bool, device=im.device)
+    ring[_RING:-_RING, _RING:-_RING] = False
+    few = ((~m) & ring).sum(dim=(1, 2)) < MIN_RING_PIXELS
+    if not bool(few.any()):
+        return noise
+    good = ~m if sigma is None else (~m) & (sigma > 0) & torch.isfinite(sigma)
+    if sigma is not None:
+        alt = torch.where(good, sigma, torch.nan).flatten(1).nanmedian(dim=1).values
+    else:
+        v = torch.where(good, im, torch.nan).flatten(1)
+        med = v.nanmedian(dim=1, keepdim=True).values
+        alt = 1.4826 * (v - med).abs().nanmedian(dim=1).values
+    alt = torch.where(torch.isfinite(alt) & (alt > 0), alt, noise)
+    return torch.where(few, alt, noise)
 
 
 def predict_arrays(
@@ -167,10 +205,7 @@ def _magnitudes(flux, flux_err, zeropoint: float) -> tuple[np.ndarray, np.ndarra
     if not math.isfinite(zp):
         raise GalnetValueError(f"zeropoint must be a finite number, got {zeropoint!r}",
                                "zeropoint", zeropoint)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mag = zp - 2.5 * np.log10(np.where(flux > 0, flux, np.nan))
-        mag_err = 2.5 / math.log(10) * flux_err / flux
-    return mag, mag_err
+    return magnitudes(flux, flux_err, zp)
 
 
 def _run_cutouts(images, psfs, sigma, mask, model, dev, batch, chi2, models_out, progress, rebin):
@@ -225,11 +260,10 @@ def _run(images, psfs, sigma, mask, model: GaLNet, dev: torch.device, batch: int
         im = images[lo:hi].to(dev, torch.float32)
         B = hi - lo
         m = None if mask is None else torch.as_tensor(mask[lo:hi]).to(dev, torch.bool)
+        sg = None if sigma is None else torch.as_tensor(sigma[lo:hi]).to(dev, torch.float32)
+        noise = _noise(im, m, sg)
         if m is not None:
-            noise = sky_rms(torch.where(m, torch.nan, im), nan=True)
             im = torch.where(m, 0.0, im)
-        else:
-            noise = sky_rms(im)
         ps = psf1.expand(B, P, P) if one_psf else psfs[lo:hi].to(dev, torch.float32)
         if not one_psf:
             ps = ps / ps.sum(dim=(1, 2), keepdim=True)
@@ -248,8 +282,7 @@ def _run(images, psfs, sigma, mask, model: GaLNet, dev: torch.device, batch: int
             mod = render_grouped(d["x"], d["y"], d["flux"], d["re_pix"], d["n"], d["q"],
                                  torch.deg2rad(d["pa_deg"]), fft, (P, P), (S, S), win,
                                  CHI2_RENDER)
-            sig = (noise[:, None, None].expand(B, S, S) if sigma is None
-                   else torch.as_tensor(sigma[lo:hi]).to(dev, torch.float32))
+            sig = noise[:, None, None].expand(B, S, S) if sg is None else sg
             w = torch.ones_like(im) if m is None else (~m).float()
             w = w * (sig > 0)
             sig = torch.where(sig > 0, sig, 1.0)

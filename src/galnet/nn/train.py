@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from galnet.conventions import flux_to_mag
 from galnet.errors import GalnetFileError, GalnetValueError
 from galnet.io.files import atomic_write
 from galnet.nn.checkpoint import adam_state, load_adam, read_checkpoint, save_checkpoint
@@ -281,8 +282,8 @@ def predict_split(model: GaLNet, split: Split, device: torch.device, batch: int 
 
 def quick_metrics(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict[str, float]:
     """R^2 (mag, log re, log n, q) and outlier fractions (relative error > 15%: re, n, flux)."""
-    m = {"r2_mag": r2_score(-2.5 * np.log10(truth["flux"]), -2.5 * np.log10(pred["flux"]))}
-    for k in ("re_pix", "n"):
+    m = {"r2_mag": r2_score(flux_to_mag(truth["flux"], 0.0), flux_to_mag(pred["flux"], 0.0))}
+    for k in SERSIC.log_names:
         m[f"r2_log_{k}"] = r2_score(np.log10(truth[k]), np.log10(pred[k]))
         m[f"outlier_{k}"] = outlier_fraction(truth[k], pred[k])
     m["r2_q"] = r2_score(truth["q"], pred["q"])

@@ -83,7 +83,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from galnet.errors import GalnetValueError
+from galnet.errors import GalnetValueError, optional_import
 
 __all__ = ["SOFTENING", "ELEMENT_KEYS", "LOSSES", "soft_log", "gradient_elements",
            "element_contexts", "TranslationLoss", "PixelLoss", "GradientLoss", "GradientFlowLoss",
@@ -295,9 +295,9 @@ class GradientFlowLoss(GradientLoss):
         if not 0 <= self.scale_momentum < 1:
             raise GalnetValueError(f"scale_momentum must be in [0, 1), got {scale_momentum}",
                                    "scale_momentum", scale_momentum)
-        import zuko  # the 'translate' extra; imported here so the core CLI starts without it
-
-        self.flow = zuko.flows.NSF(features=1, context=4 + self.n_bands, transforms=transforms,
+        # the 'translate' extra; imported here so that the core CLI starts without it
+        flows = optional_import("zuko.flows", "translate", "the gradient-flow loss")
+        self.flow = flows.NSF(features=1, context=4 + self.n_bands, transforms=transforms,
                                    hidden_features=hidden, bins=bins)
         self.flow_optimizer = torch.optim.Adam(self.flow.parameters(), lr=flow_lr)
         self.register_buffer("tau", torch.ones(()))  # running residual scale (s units)

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from galnet.errors import optional_import
+
 __all__ = ["ZEROPOINT", "COMPONENTS", "REFERENCE_FILTER", "population_config",
            "component_mags", "sample_population"]
 
@@ -64,7 +66,7 @@ def _templates() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def _ab_table(filters: tuple[str, ...]) -> np.ndarray:
     """``A_T(b, z) - A_T(r_ref, 0)`` for templates T, filters b, z in _Z_GRID: (T, B, Z)."""
     import astropy.units as u
-    import speclite.filters as sf
+    sf = optional_import("speclite.filters", "translate", "the paired simulation's filter curves")
 
     flam_unit = u.erg / (u.cm**2 * u.s * u.AA)
     lam = np.geomspace(900.0, 25000.0, 6000)  # observed-frame grid, Angstrom
