@@ -12,6 +12,7 @@ from galnet.errors import GalnetDependencyError, GalnetError, optional_import
 
 def test_optional_import_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "zuko", None)  # import of a None entry raises ImportError
+    monkeypatch.setitem(sys.modules, "zuko.flows", None)  # (may be imported by earlier tests)
     with pytest.raises(GalnetDependencyError, match=r"needs zuko.*'galnet\[translate\]'"):
         optional_import("zuko.flows", "translate", "the gradient-flow loss")
     assert issubclass(GalnetDependencyError, GalnetError)

@@ -51,8 +51,22 @@ READ_FORMATS: dict[str, str] = {**CATALOG_FORMATS, ".pq": "parquet", ".csv": "as
 FITS_META_CARD = "GNMETA"
 _FLAG_CARD = re.compile(r"^FLAG(\d\d)$")
 _CARD_KEY = re.compile(r"^[A-Z0-9_-]{1,8}$")
-#: Parameters reported with an ``_err`` column, in catalogue order.
-_REPORTED = ("x", "y", "mag", "flux", "re_pix", "re_arcsec", "n", "q", "pa_deg")
+#: Columns derived from a parameter's role, written right after it (with their own ``_err``).
+_DERIVED_BY_ROLE = {"mag": "flux", "re": "re_arcsec"}
+
+
+def reported_columns(model: ModelTable = SERSIC) -> tuple[str, ...]:
+    """Parameters reported with an ``_err`` column, in catalogue order: the model's parameters
+    (:mod:`galnet.params`), each followed by the column derived from it (flux, re_arcsec)."""
+    out: list[str] = []
+    for p in model:
+        out.append(p.name)
+        if p.role in _DERIVED_BY_ROLE:
+            out.append(_DERIVED_BY_ROLE[p.role])
+    return tuple(out)
+
+
+_REPORTED = reported_columns()
 
 
 def catalog_format(path, read: bool = False) -> str:
