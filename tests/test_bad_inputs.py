@@ -352,6 +352,15 @@ CASES = [
      "--overwrite"),
     ("export-dir-under-file", ["export", "--to", "galfit", "{d}/cat.ecsv", "{d}/afile/x"], 1,
      "afile"),
+    # -- plot
+    ("plot-catalog-missing", ["plot", "{d}/nocat.ecsv", "{d}/notfits.fits", "--out",
+                              "{o}/f.png"], 1, "nocat.ecsv"),
+    ("plot-models-not-fits", ["plot", "{d}/cat.ecsv", "{d}/notfits.fits", "--out", "{o}/f.png"],
+     1, "notfits.fits"),
+    ("plot-worst-zero", ["plot", "{d}/cat.ecsv", "{d}/notfits.fits", "--worst", "0", "--out",
+                         "{o}/f.png"], 2, "--worst"),
+    ("plot-out-suffix", ["plot", "{d}/cat.ecsv", "{d}/notfits.fits", "--out", "{o}/f.jpg"], 2,
+     "--out"),
     # -- demo
     ("demo-n-zero", ["demo", "-n", "0", "--out-dir", "{o}/demo"], 2, "-n"),
     ("demo-seed-negative", ["demo", "--seed", "-1", "--out-dir", "{o}/demo"], 2, "--seed"),

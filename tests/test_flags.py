@@ -9,7 +9,8 @@ from galnet.flags import DESCRIPTIONS, Flag, decode, decode_array, flag_table
 # The bit values are part of the catalogue contract: changing one breaks old catalogues.
 CONTRACT = {"EDGE": 1, "MASKED_CENTRE": 2, "REBINNED": 4, "OUT_OF_PRIOR": 8, "BAD_PSF": 16,
             "NONFINITE": 32, "PADDED": 64, "FIT_NOT_CONVERGED": 128, "BOUND_HIT": 256,
-            "LOW_SNR": 512}
+            "LOW_SNR": 512, "POINT_SOURCE": 1024, "UNRESOLVED": 2048, "RE_UNCONSTRAINED": 4096,
+            "N_AT_BOUND": 8192, "MISFIT": 16384, "REVERTED": 32768}
 
 
 def test_bits_are_the_contract():
@@ -30,7 +31,7 @@ def test_decode():
     assert decode(sum(CONTRACT.values())) == list(CONTRACT)
 
 
-@pytest.mark.parametrize("bad, match", [(-1, "non-negative"), (1024, "unknown bits 1024"),
+@pytest.mark.parametrize("bad, match", [(-1, "non-negative"), (65536, "unknown bits 65536"),
                                         (1.0, "integer"), (True, "integer"), ("1", "integer")])
 def test_decode_rejects(bad, match):
     with pytest.raises(GalnetValueError, match=match):

@@ -610,7 +610,7 @@ def test_bad_stamp_inputs(tmp_path, psf):
     with pytest.raises(GalnetValueError, match="sigma or ivar, not both"):
         load_stamps(imgs, psf, sigma=np.ones_like(imgs), ivar=np.ones_like(imgs))
     with pytest.raises(GalnetValueError, match="rebin must be"):
-        load_stamps(imgs, psf, rebin=4)
+        load_stamps(imgs, psf, rebin=9)
     with pytest.raises(GalnetValueError, match="chunk must be"):
         iter_stamps(imgs, psf, chunk=0)
     with pytest.raises(GalnetValueError, match="expected a 2-D image"):

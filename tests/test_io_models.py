@@ -6,7 +6,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from galnet.errors import GalnetFileError
+from galnet.errors import GalnetFileError, GalnetValueError
 from galnet.io.batch import StampBatch
 from galnet.io.models import ModelWriter, object_wcs, read_models, write_models
 
@@ -39,12 +39,28 @@ def test_models_file_layout(tmp_path):
         w.add(b, models[:3], start=0)
         w.add(b.select(slice(3, 4)), models[3:])
     with fits.open(path) as h:
-        assert [x.name for x in h] == ["PRIMARY", "MODEL", "RESIDUAL", "OBJECTS"]
-        assert h[0].header["NOBJ"] == 4
-    m, r, obj, meta = read_models(path)
+        assert [x.name for x in h] == ["PRIMARY", "DATA", "MODEL", "RESIDUAL", "MASK", "SIGMA",
+                                       "OBJECTS"]
+        assert h[0].header["NOBJ"] == 4 and h["MASK"].data.dtype == np.uint8
+    mf = read_models(path)
+    m, r, obj, meta = mf.cube("model"), mf.cube("residual"), mf.objects, mf.meta
     np.testing.assert_array_equal(m, models)
+    np.testing.assert_array_equal(mf.cube("data"), b.images)
+    np.testing.assert_array_equal(mf.cube("mask"), b.mask)
     np.testing.assert_allclose(r[:, 1:, 1:], (b.images - models)[:, 1:, 1:])
     assert np.isnan(r[:, 0, 0]).all()
+    assert mf[12].rebin == 1 and mf[11].x0 == 100.0 and 99 not in mf and mf["13"].id == 13
+    with pytest.raises(KeyError, match="no object with id 99"):
+        mf[99]
+    # data/mask/sigma of the whole batch are sliced like the models; of the n planes, taken as is
+    other = np.zeros_like(b.mask)
+    other[:, 4, 4] = True
+    with ModelWriter(tmp_path / "m2.fits") as w:
+        w.add(b, models[2:], start=2, mask=other, data=b.images[2:] + 1)
+    with read_models(tmp_path / "m2.fits") as m2:
+        np.testing.assert_array_equal(m2.cube("mask"), other[2:])
+        np.testing.assert_array_equal(m2.cube("data"), b.images[2:] + 1)
+        assert m2.ids == [12, 13]
     assert obj["id"].tolist() == [10, 11, 12, 13] and obj["rebin"].tolist() == [1, 2, 1, 3]
     np.testing.assert_array_equal(obj["x0"], b.x0)
     assert meta == {"command": "galnet predict"}
@@ -61,7 +77,7 @@ def test_models_file_layout(tmp_path):
 def test_models_without_wcs(tmp_path):
     b = _batch()
     write_models(tmp_path / "m.fits", b, np.zeros_like(b.images))
-    _, _, obj, _ = read_models(tmp_path / "m.fits")
+    obj = read_models(tmp_path / "m.fits").objects
     assert object_wcs(obj, 0) is None and "CRPIX1" not in obj.colnames
 
 
@@ -99,7 +115,68 @@ def test_existing_output_refused_before_work(tmp_path):
         ModelWriter(path)
     b = _batch()
     write_models(path, b, np.zeros_like(b.images), overwrite=True)
-    assert read_models(path)[0].shape == b.images.shape
+    assert read_models(path).cube("model").shape == b.images.shape
     with pytest.raises(GalnetFileError, match="not a galnet models file"):
         fits.PrimaryHDU(np.zeros((3, 3))).writeto(tmp_path / "x.fits")
         read_models(tmp_path / "x.fits")
+
+
+def test_mixed_stamp_sizes_and_own_arrays(tmp_path):
+    """add_arrays with stamps of two sizes (frame pipeline: big galaxies in bigger cutouts): one
+    DATA/MODEL/RESIDUAL/MASK set per size (EXTVER), OBJECTS gives group and plane."""
+    rng = np.random.default_rng(1)
+    shapes = [(9, 9), (15, 13), (9, 9)]
+    data = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    model = [np.full(s, 0.5, np.float32) for s in shapes]
+    mask = [np.zeros(s, bool) for s in shapes]
+    mask[1][2, 3] = True
+    path = tmp_path / "frame.fits"
+    with ModelWriter(path) as w:
+        w.add_arrays(ids=["a", "b", "c"], data=data, model=model, mask=mask, x0=[0, 10, 20],
+                     y0=[5, 6, 7], rebin=1, input_x=[4, 16, 24], input_y=[9, 13, 11],
+                     wcs=_wcs())
+    with fits.open(path) as h:
+        assert [(x.name, x.ver) for x in h[1:]] == [
+            ("DATA", 1), ("MODEL", 1), ("RESIDUAL", 1), ("MASK", 1),
+            ("DATA", 2), ("MODEL", 2), ("RESIDUAL", 2), ("MASK", 2), ("OBJECTS", 1)]
+        assert h["DATA", 1].data.shape == (2, 9, 9) and h["DATA", 2].data.shape == (1, 15, 13)
+        assert h[0].header["NGROUP"] == 2
+    mf = read_models(path)
+    assert mf.ids == ["a", "b", "c"]
+    assert mf.objects["group"].tolist() == [1, 2, 1] and mf.objects["plane"].tolist() == [0, 0, 1]
+    assert mf.objects["ny"].tolist() == [9, 15, 9] and mf.objects["nx"].tolist() == [9, 13, 9]
+    for i, o in enumerate(mf):
+        np.testing.assert_array_equal(o.data, data[i])
+        np.testing.assert_array_equal(o.mask, mask[i])
+        good = ~mask[i]
+        np.testing.assert_allclose(o.residual[good], (data[i] - model[i])[good])
+        assert np.isnan(o.residual[~good]).all() and o.sigma is None
+    assert mf["b"].wcs is not None and mf["b"].x0 == 10.0
+    with pytest.raises(GalnetValueError, match="several sizes"):
+        mf.cube("data")
+    mf.close()
+    with pytest.raises(GalnetValueError, match="differ in shape"):
+        ModelWriter(tmp_path / "bad.fits").add_arrays(
+            ids=[1], data=[data[0]], model=[model[1]], mask=[mask[0]], x0=0, y0=0, rebin=1,
+            input_x=0, input_y=0)
+
+
+def test_first_layout_still_read(tmp_path):
+    """A file of the first layout (MODEL, RESIDUAL, OBJECTS only): data = model + residual,
+    mask = NaN residual pixels."""
+    from astropy.table import Table
+
+    model = np.ones((2, 5, 5), np.float32)
+    resid = np.full((2, 5, 5), 0.25, np.float32)
+    resid[1, 0, 0] = np.nan
+    objects = fits.table_to_hdu(Table({"id": [3, 4], "x0": [0.0, 1.0], "y0": [0.0, 1.0],
+                                       "rebin": [1, 1], "input_x": [2.0, 3.0],
+                                       "input_y": [2.0, 3.0]}))
+    objects.name = "OBJECTS"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(model, name="MODEL"),
+                  fits.ImageHDU(resid, name="RESIDUAL"), objects]).writeto(tmp_path / "old.fits")
+    with read_models(tmp_path / "old.fits") as mf:
+        o = mf[4]
+        assert o.mask[0, 0] and o.mask.sum() == 1
+        np.testing.assert_allclose(o.data[1:], 1.25)
+        np.testing.assert_array_equal(mf.cube("model"), model)

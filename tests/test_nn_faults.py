@@ -236,7 +236,8 @@ def test_save_models_interrupted_leaves_nothing(weights, data, tmp_path, monkeyp
                   model=weights, chunk=2, progress=False, save_models=tmp_path / "m.fits")
     from galnet.io.models import read_models
 
-    mod, res, objects, _ = read_models(tmp_path / "m.fits")
+    mf = read_models(tmp_path / "m.fits")
+    mod, objects = mf.cube("model"), mf.objects
     assert mod.shape == (6, 61, 61) and list(objects["id"]) == list(range(6))
 
 

@@ -125,7 +125,8 @@ def test_predict_single_image_one_psf_and_options(stamps, weights, tmp_path):
     assert len(t) == 1 and t.meta["zeropoint"] == 30.0 and t.meta["pixel_scale"] == 0.2
     assert np.isnan(t["chi2nu"][0])
     assert float(t["mag"][0]) == pytest.approx(30 - 2.5 * np.log10(float(t["flux"][0])))
-    mod, res, objects, meta = read_models(tmp_path / "m" / "models.fits")  # one MEF
+    mf = read_models(tmp_path / "m" / "models.fits")  # one MEF
+    mod, res, objects, meta = mf.cube("model"), mf.cube("residual"), mf.objects, mf.meta
     assert mod.shape == res.shape == (1, 61, 61) and list(objects["id"]) == [0]
     assert np.allclose(res[0] + mod[0], im[0], atol=1e-5)
     assert meta["provenance"]["options"]["zeropoint"] == 30.0

@@ -25,7 +25,8 @@ from galnet.errors import (  # noqa: E402
 #: Public functions, imported on first use: `import galnet` (and the CLI's start-up) stays light,
 #: torch loads only when one is called. No submodule shares these names, so an import of a
 #: submodule can never replace the function (the old "module is not callable" bug).
-_LAZY = {"predict": "galnet.api", "fit": "galnet.api", "render": "galnet.profiles.render"}
+_LAZY = {"predict": "galnet.api", "fit": "galnet.api", "render": "galnet.profiles.render",
+         "run_frame": "galnet.frame.pipeline"}
 
 
 def __getattr__(name: str):
@@ -47,6 +48,7 @@ __all__ = [
     "predict",
     "fit",
     "render",
+    "run_frame",
     "GalnetError",
     "GalnetFileError",
     "GalnetPresetError",

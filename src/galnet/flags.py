@@ -38,6 +38,12 @@ class Flag(IntFlag):
     FIT_NOT_CONVERGED = 1 << 7
     BOUND_HIT = 1 << 8
     LOW_SNR = 1 << 9
+    POINT_SOURCE = 1 << 10
+    UNRESOLVED = 1 << 11
+    RE_UNCONSTRAINED = 1 << 12
+    N_AT_BOUND = 1 << 13
+    MISFIT = 1 << 14
+    REVERTED = 1 << 15
 
 
 #: One line per flag: when it is raised (and by whom).
@@ -53,6 +59,12 @@ DESCRIPTIONS: dict[Flag, str] = {
     Flag.FIT_NOT_CONVERGED: "the forward-model fit did not converge",
     Flag.BOUND_HIT: "a fitted parameter ended at one of its bounds",
     Flag.LOW_SNR: "the galaxy's signal-to-noise ratio is below the reliable limit",
+    Flag.POINT_SOURCE: "a PSF fits as well as the Sersic (a star?); psf_mag is its PSF magnitude",
+    Flag.UNRESOLVED: "not resolved: re_pix / re_arcsec hold a 95% upper limit, not a measurement",
+    Flag.RE_UNCONSTRAINED: "the radius is larger than the fitted cutout can constrain",
+    Flag.N_AT_BOUND: "the Sersic index ended at a bound of its range",
+    Flag.MISFIT: "the residuals show structure a single Sersic cannot describe",
+    Flag.REVERTED: "the refine ended worse than the network on the same pixels: network values",
 }
 
 _ALL = sum(int(f) for f in Flag)

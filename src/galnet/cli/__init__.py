@@ -11,6 +11,7 @@ Commands::
     galnet fit --images STAMPS.fits --psf PSF.fits --out CAT.ecsv [--init nn|moments|CAT]
     galnet evaluate --pred CAT --truth TRUTH(.h5|.ecsv) --out REPORT/
     galnet export --to galfit|imfit CAT DIR
+    galnet plot CAT MODELS.fits --out FIG.png [--ids ID ...] [--worst N]   (docs/plot.md)
     galnet demo [--out-dir galnet-demo] [-n 2000]
     galnet translate simulate|train|apply|evaluate ...   (docs/translation.md)
 
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.code if isinstance(err.code, int) else 0
     if getattr(args, "func", None) is None:
         return _fail("a command is required (simulate, bank, presets, train, predict, fit, "
-                     "evaluate, export, translate, demo); see galnet --help", EXIT_USAGE)
+                     "evaluate, export, plot, translate, demo); see galnet --help", EXIT_USAGE)
     log = logging.getLogger("galnet")
     with _logging(getattr(args, "verbose", 0), getattr(args, "quiet", False)):
         try:

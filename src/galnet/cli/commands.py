@@ -191,12 +191,65 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 # ---- predict, fit, evaluate, export ----------------------------------------------------------
+_FRAME_ONLY = ("weight", "variance", "frame_mask")
+
+
+def _frame_checks(a: argparse.Namespace, unsupported: dict) -> None:
+    """Options of the frame pipeline (``--frame`` with ``--detect`` or ``--positions``)."""
+    if a.frame is None:
+        for opt in ("detect", *_FRAME_ONLY):
+            if getattr(a, opt, None):
+                raise UsageError(f"--{opt.replace('_', '-')} goes with --frame")
+        return
+    if a.images is not None:
+        raise UsageError("give either --images or --frame, not both")
+    if a.detect and a.positions is not None:
+        raise UsageError("give --detect or --positions, not both")
+    if not a.detect and a.positions is None:
+        raise UsageError("--frame needs --positions CAT or --detect")
+    maps = [f"--{k}" for k in ("weight", "variance", "sigma", "ivar") if getattr(a, k)]
+    if len(maps) > 1:
+        raise UsageError(f"give one noise map, not {' and '.join(maps)}")
+    if a.frame_mask is not None and a.mask is not None:
+        raise UsageError("give --frame-mask or --mask, not both")
+    if a.psf_positions is not None:
+        raise UsageError("--psf-positions goes with --images; with --frame the PSF is taken at "
+                         "each source")
+    for opt, bad in unsupported.items():
+        if bad:
+            raise UsageError(f"{opt} does not apply to --frame (the frame pipeline)")
+
+
+def _frame_run(a: argparse.Namespace, refine: bool) -> int:
+    """``galnet predict|fit --frame IMAGE --detect|--positions CAT``: the frame pipeline."""
+    from galnet.frame import run_frame
+
+    check_device(a.device)
+    check_output(a.out, a.overwrite)
+    _check_catalog_out(a.out)
+    _set_threads(a.threads)
+    models, new_dir = _models_file(a)
+    weight = a.weight if a.weight is not None else a.ivar
+    t0 = time.perf_counter()
+    with _outputs(files=(a.out, models), dirs=(new_dir,)):
+        if new_dir is not None:
+            new_dir.mkdir(parents=True)
+        t = _call(run_frame, a, a.frame, a.psf, a.out, detect=a.detect,
+                  positions=a.positions, weight=weight, variance=a.variance, sigma=a.sigma,
+                  frame_mask=a.frame_mask if a.frame_mask is not None else a.mask,
+                  refine=refine, pixel_scale=a.pixel_scale, zeropoint=a.zeropoint,
+                  preset=a.preset, model=a.model, device=a.device, save_models=models,
+                  snr_min=a.snr_min, progress=_progress(a))
+    _report(t, a.out, time.perf_counter() - t0)
+    return 0
+
+
 def _inputs(a: argparse.Namespace) -> dict:
     """The input options shared by predict and fit, checked, as keyword arguments."""
     if (a.images is None) == (a.frame is None):
-        raise UsageError("give either --images or --frame (with --positions)")
+        raise UsageError("give either --images or --frame (with --detect or --positions)")
     if a.frame is not None and a.positions is None:
-        raise UsageError("--frame needs --positions")
+        raise UsageError("--frame needs --positions CAT or --detect")
     if a.images is not None and a.positions is not None:
         raise UsageError("--positions goes with --frame, not --images (use --psf-positions "
                          "for the frame positions of stamps)")
@@ -243,6 +296,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     if a.refine and a.no_chi2:
         raise UsageError("--refine does not combine with --no-chi2 (the fit renders the models)")
+    _frame_checks(a, {"--no-chi2": a.no_chi2})
+    if a.frame is not None:
+        return _frame_run(a, refine=a.refine)
     kw = _inputs(a)
     models, new_dir = _models_file(a)
     t0 = time.perf_counter()
@@ -266,6 +322,13 @@ def cmd_fit(a: argparse.Namespace) -> int:
     if a.nn_prior and a.init != "nn":
         raise UsageError(f"--nn-prior needs --init nn (the network's values and errors), got "
                          f"--init {a.init}")
+    if a.nn_prior and a.no_prior:
+        raise UsageError("--nn-prior and --no-prior contradict each other")
+    _frame_checks(a, {"--init " + str(a.init): a.init != "nn", "--sky flat": a.sky != "none",
+                      "--gain": a.gain is not None, "--no-prior": a.no_prior,
+                      "--scale-errors": a.scale_errors, "--dtype float64": a.dtype != "float32"})
+    if a.frame is not None:
+        return _frame_run(a, refine=True)
     kw = _inputs(a)
     models, new_dir = _models_file(a)
     cfg = FitConfig(scale_errors=a.scale_errors, dtype=a.dtype)
@@ -275,7 +338,8 @@ def cmd_fit(a: argparse.Namespace) -> int:
             new_dir.mkdir(parents=True)
         t = _call(fit_files, a, a.out, init=a.init, sky=a.sky,
                   auto_mask_neighbours=not a.no_auto_mask, gain=a.gain, config=cfg,
-                  native=a.native, nn_prior=a.nn_prior, save_models=models, **kw)
+                  native=True if a.native else "auto", prior=not a.no_prior,
+                  nn_prior=a.nn_prior or None, save_models=models, **kw)
     _report(t, a.out, time.perf_counter() - t0)
     return 0
 
@@ -316,6 +380,17 @@ def cmd_export(a: argparse.Namespace) -> int:
         if res.skipped else ""
     print(f"wrote {n} {a.to} configurations to {a.directory} ({len(res.files)} files in all)"
           f"{skipped}")
+    return 0
+
+
+def cmd_plot(a: argparse.Namespace) -> int:
+    from galnet.evaluate.fitplots import plot_fits
+
+    if a.out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UsageError(f"--out {a.out}: the figure must be .png, .pdf or .svg")
+    check_output(a.out, a.overwrite, what="figure")
+    path = _call(plot_fits, a, a.catalog, a.models, ids=a.ids, worst=a.worst, out=a.out)
+    print(f"wrote {path}")
     return 0
 
 

@@ -54,10 +54,22 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
     """The input options shared by predict and fit (stamps or a frame, PSF, noise, photometry)."""
     p.add_argument("--images", default=None,
                    help="FITS cube (N,H,W) or 2-D stamp; SIGMA/IVAR/MASK extensions are used")
-    p.add_argument("--frame", default=None, help="large FITS image (with --positions)")
+    p.add_argument("--frame", default=None,
+                   help="large FITS image (FILE or FILE[HDU]) with --detect or --positions: "
+                        "the frame pipeline (docs/predict.md, Frames)")
     p.add_argument("--positions", default=None,
                    help="with --frame: catalogue with x,y (0-based pixels) or ra,dec (deg) "
                         "columns")
+    p.add_argument("--detect", action="store_true",
+                   help="with --frame: detect and deblend the sources (photutils)")
+    p.add_argument("--weight", default=None,
+                   help="with --frame: inverse-variance (weight) map of the frame")
+    p.add_argument("--variance", default=None, help="with --frame: variance map of the frame")
+    p.add_argument("--frame-mask", default=None,
+                   help="with --frame: mask of the frame, nonzero = unusable")
+    p.add_argument("--snr-min", type=nonneg_float, default=5.0,
+                   help="with --frame: sources detected below this S/N are masked, not "
+                        "modelled [5]")
     p.add_argument("--psf", required=True,
                    help="PSF: FITS image (h,w), cube (N,h,w) or PSFEx model")
     p.add_argument("--psf-positions", default=None, metavar="CAT",
@@ -74,8 +86,9 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} [cpu]")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--save-models", default=None, metavar="FILE.fits|DIR",
-                   help="write the model and residual images: one multi-extension FITS (MODEL, "
-                        "RESIDUAL, OBJECTS: ids, cutout origins, WCS) FILE.fits or DIR/models.fits")
+                   help="write data, model, residual and mask of every stamp: one "
+                        "multi-extension FITS (DATA, MODEL, RESIDUAL, MASK, SIGMA, OBJECTS: ids, "
+                        "cutout origins, WCS) FILE.fits or DIR/models.fits; see galnet plot")
     _overwrite(p)
 
 
@@ -190,10 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="e-/image unit: add the source's Poisson noise to the weights when "
                          "there is no sigma map")
     ft.add_argument("--nn-prior", action="store_true",
-                    help="MAP fit: the network's values and errors (x2) as a Gaussian prior on "
-                         "re, n and the ellipticity (with --init nn)")
+                    help="MAP fit: the network's values and errors as a Gaussian prior on "
+                         "re, n, the ellipticity and the centre (with --init nn; the default)")
+    ft.add_argument("--no-prior", action="store_true",
+                    help="no network prior (a plain least-squares fit from the network's start)")
     ft.add_argument("--native", action="store_true",
-                    help="fit each input image whole at its own pixels (no crop, no rebinning)")
+                    help="fit each input image whole at its own pixels (no crop, no rebinning) "
+                         "[the default when the inputs are larger than the stamp]")
     ft.add_argument("--scale-errors", action="store_true",
                     help="multiply the covariance errors by sqrt(chi2nu)")
     ft.add_argument("--dtype", choices=("float32", "float64"), default="float32",
@@ -246,6 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--sky", action="store_true", help="add a free flat sky component")
     _overwrite(ex)
     ex.set_defaults(func=c.cmd_export)
+
+    pl = sub.add_parser("plot", parents=common,
+                        help="data | model | residual | mask rows of fitted objects",
+                        description="One row per object of a --save-models file: data, model, "
+                                    "residual (in sigma) and mask, with the catalogue's "
+                                    "parameters and flags (see docs/plot.md).")
+    pl.add_argument("catalog", metavar="CATALOG", help="catalogue of the run (ECSV/FITS/Parquet)")
+    pl.add_argument("models", metavar="MODELS", help="models file of the run (--save-models)")
+    pl.add_argument("--ids", nargs="+", default=None, metavar="ID", help="objects to show")
+    pl.add_argument("--worst", type=positive_int, default=None, metavar="N",
+                    help="the N objects with the largest chi2nu (of --ids, if given)")
+    pl.add_argument("--out", required=True, type=Path, help="figure (.png, .pdf or .svg)")
+    _overwrite(pl)
+    pl.set_defaults(func=c.cmd_plot)
     return p
 
 

@@ -64,10 +64,11 @@ def _central_label(labels: np.ndarray, sm: np.ndarray, x: float, y: float) -> in
 
 
 def auto_mask(images, sigma, mask=None, *, centre=None, nsigma: float = 1.5, npixels: int = 5,
-              grow: int = 2) -> np.ndarray:
+              grow: int = 0) -> np.ndarray:
     """Mask neighbours: photutils detection (``nsigma`` x the noise of a 3x3-smoothed stamp,
-    ``npixels`` connected) and deblending of the central source; every segment but the target's
-    (the one at ``centre``, default the stamp centre) is masked, grown by ``grow`` pixels.
+    ``npixels`` connected) and deblending of the central source; the pixels of every segment
+    but the target's (the one at ``centre``, default the stamp centre) are masked -- never more
+    (``grow`` > 0 grows them by that many pixels, still never onto the target's segment).
     Returns the union with ``mask`` (bool, True = ignored)."""
     from scipy import ndimage
 
@@ -91,8 +92,9 @@ def auto_mask(images, sigma, mask=None, *, centre=None, nsigma: float = 1.5, npi
             continue
         t = _central_label(lab, sm, cxi, cyi)
         other = (lab > 0) & (lab != t)
-        if other.any():
+        if other.any() and grow > 0:
             other = ndimage.binary_dilation(other, st, iterations=grow) & (lab != t)
+        if other.any():
             out[i] |= other
     return out
 
@@ -210,7 +212,8 @@ def init_from_catalog(cat, stamps) -> dict[str, np.ndarray]:
     """Initial parameters (stamp pixels) for the stamps of a
     :class:`galnet.io.batch.StampBatch` from a catalogue (path or table) in input pixels,
     matched by ``id`` when the catalogue has every id of the stamps, else row by row. ``flux``
-    or, without it, ``mag`` with the stamps' zeropoint."""
+    or, without it, ``mag`` with the stamps' zeropoint. The ``_err`` columns present (e.g. the
+    network's, of a ``galnet predict`` catalogue) come too, in stamp pixels."""
     from galnet.conventions import mag_to_flux
     from galnet.io.catalog import read_catalog
 
@@ -238,7 +241,12 @@ def init_from_catalog(cat, stamps) -> dict[str, np.ndarray]:
     k = np.asarray(stamps.rebin, float)
     flux = (col("flux") if "flux" in t.colnames
             else mag_to_flux(col("mag"), float(stamps.zeropoint)))[rows]
-    return {"x": (col("x")[rows] - stamps.x0 - (k - 1) / 2) / k,
-            "y": (col("y")[rows] - stamps.y0 - (k - 1) / 2) / k,
-            "flux": flux, "re_pix": col("re_pix")[rows] / k, "n": col("n")[rows],
-            "q": col("q")[rows], "pa_deg": col("pa_deg")[rows]}
+    out = {"x": (col("x")[rows] - stamps.x0 - (k - 1) / 2) / k,
+           "y": (col("y")[rows] - stamps.y0 - (k - 1) / 2) / k,
+           "flux": flux, "re_pix": col("re_pix")[rows] / k, "n": col("n")[rows],
+           "q": col("q")[rows], "pa_deg": col("pa_deg")[rows]}
+    per_pixel = {"x", "y", "re_pix"}  # errors in input pixels -> stamp pixels
+    for key in FIT_KEYS:
+        if f"{key}_err" in t.colnames:
+            out[f"{key}_err"] = col(f"{key}_err")[rows] / (k if key in per_pixel else 1.0)
+    return out

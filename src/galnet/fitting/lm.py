@@ -10,8 +10,12 @@ The problem
 Minimise ``chi2 = sum_pixels w (D - M(theta) - sky)^2`` over unmasked pixels, ``w = 1/sigma^2``,
 in the internal coordinates ``u = (x, y, ln flux, ln re, ln n, e1, e2[, sky])``. Bounds:
 :func:`galnet.fitting.problem.fit_bounds` (``x, y`` within the stamp; ``re_pix``, ``n``, ``q``
-within :data:`galnet.params.SERSIC`, ``re_pix`` at most twice the stamp size); a step that leaves
-them is projected back; a parameter that ends on a bound raises ``BOUND_HIT``.
+within :data:`galnet.params.SERSIC`, ``re_pix`` at most twice the stamp size), intersected with
+per-stamp bounds (``lo``, ``hi``: e.g. a box around the network's centre); a step that leaves
+them is projected back; a parameter that ends on a bound is reported (``bound``, ``n_bound``,
+``re_upper``). Data, sigma and neighbours are divided by each stamp's median sigma first, so
+nothing depends on the image units. With a ``reference`` (the network's parameters) and
+``guard``, a fit that ends with a higher chi2 than the reference is replaced by it.
 
 The loop (per stamp, batched)
 -----------------------------
@@ -51,6 +55,8 @@ from galnet.fitting.problem import (
     internal_bounds,
     noise_weights,
     project,
+    stamp_bounds,
+    stamp_scale,
     to_internal,
 )
 from galnet.params import SERSIC
@@ -72,8 +78,9 @@ def _solve(A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def _lm(prob: Problem, u0: torch.Tensor, lo, hi, emax: float):
-    """Levenberg-Marquardt for all stamps of ``prob``; returns u, A = J^T W J, chi2, niter,
-    converged (tensors on the problem's device)."""
+    """Levenberg-Marquardt for all stamps of ``prob`` within the per-stamp bounds ``lo``, ``hi``
+    (B, 5) on u[:5]; returns u, A = J^T W J, chi2, niter, converged (tensors on the problem's
+    device)."""
     cfg = prob.cfg
     B, k = u0.shape
     dev, dt = u0.device, u0.dtype
@@ -109,7 +116,8 @@ def _lm(prob: Problem, u0: torch.Tensor, lo, hi, emax: float):
             ga = ga + ivar[ia] * (mu[ia] - ua)
         # freeze parameters held on a bound by the gradient (the descent direction is +g)
         free = torch.ones_like(ga, dtype=torch.bool)
-        held = ((ua[:, :5] <= lo5) & (ga[:, :5] < 0)) | ((ua[:, :5] >= hi5) & (ga[:, :5] > 0))
+        held = (((ua[:, :5] <= lo5[ia]) & (ga[:, :5] < 0))
+                | ((ua[:, :5] >= hi5[ia]) & (ga[:, :5] > 0)))
         free[:, :5] = ~held
         e = torch.sqrt(ua[:, 5] ** 2 + ua[:, 6] ** 2)
         out = (e >= emax * (1 - 1e-9)) & ((ua[:, 5] * ga[:, 5] + ua[:, 6] * ga[:, 6]) > 0)
@@ -132,7 +140,7 @@ def _lm(prob: Problem, u0: torch.Tensor, lo, hi, emax: float):
         if len(ia) == 0:
             break
         step = _solve(Af + lam[ia, None, None] * torch.diag_embed(d), gf)
-        ut = project((ua + step).to(dt), lo, hi, emax)
+        ut = project((ua + step).to(dt), lo[ia], hi[ia], emax)
         ia_np = ia.cpu().numpy()
         rt, mt = prob.residual(ut, ia, win[ia_np])
         c2 = (rt.double() ** 2).sum(1)
@@ -179,6 +187,11 @@ def fit_arrays(
     sky: str = "none",
     gain: float | None = None,
     prior: dict | None = None,
+    neighbours=None,
+    lo=None,
+    hi=None,
+    reference: dict | None = None,
+    guard: bool = False,
     device: str | torch.device | None = "cpu",
     config: FitConfig = DEFAULT_FIT,
     progress: bool = False,
@@ -198,24 +211,48 @@ def fit_arrays(
         pixels) [default: :func:`galnet.fitting.init.moments_init`].
     sky : ``"none"`` or ``"flat"`` (fit a constant background too).
     prior : optional Gaussian prior (a MAP fit): ``re_pix, n, q`` and their ``_err`` arrays,
-        e.g. the network's predictions; it acts on ``ln re``, ``ln n`` and ``(e1, e2)`` with
-        widths ``FitConfig.prior_scale`` x the given errors. ``chi2nu`` stays that of the data;
-        the errors become the posterior's.
+        e.g. the network's predictions, optionally ``pa_deg`` and ``x, y`` with ``x_err,
+        y_err``; it acts on ``ln re``, ``ln n``, ``(e1, e2)`` (and ``x, y``) with widths
+        ``FitConfig.prior_scale`` x the given errors. ``chi2nu`` stays that of the data; the
+        errors become the posterior's.
+    neighbours : (N, H, W) model of the *other* sources in each stamp (image units), subtracted
+        from ``images`` before anything else (non-finite values count as 0).
+    lo, hi : per-stamp bounds, (N, 5) or (5,) arrays on ``(x, y, flux, re_pix, n)`` (stamp
+        pixels, image units), intersected with :func:`galnet.fitting.problem.fit_bounds`; NaN
+        = no extra bound (e.g. a box around a known centre).
+    reference : parameters (``FIT_KEYS`` arrays, stamp pixels) of a reference solution, e.g.
+        the network's: ``chi2nu_ref`` is its chi2nu on the same pixels, weights, renderer and
+        neighbours (with ``sky="flat"``, at its best flat sky).
+    guard : with ``reference``: accept or revert -- where the fit's chi2 exceeds the
+        reference's by more than 1e-6 of it, the reference is reported instead (``reverted``),
+        with errors from the Fisher matrix there (plus the prior's).
     device : torch device (:func:`galnet.runner.resolve_device`: "cpu", "cuda", "auto", ...).
     config : :class:`galnet.fitting.problem.FitConfig`.
     progress : a progress bar (on a terminal only).
     models : also return ``model``, the fitted models (N, H, W): Sérsic x PSF plus the sky.
 
+    Data, sigma and neighbours are divided internally by each stamp's median sigma (flux and
+    sky scaled back), so the fit and its errors do not depend on the image units.
+
     Returns
     -------
     dict of (N,) arrays: ``x, y, flux, re_pix, n, q, pa_deg`` and their ``_err``, ``sky``,
     ``sky_err``, ``chi2nu`` (over unmasked pixels, dof = N_pix - N_par), ``snr`` (the model's
-    optimal S/N), ``niter``, ``converged`` (bool), ``bound`` (bool: a parameter on its bound).
+    optimal S/N), ``niter``, ``converged`` (bool), ``bound`` (bool: ``x, y``, ``flux``, ``q``
+    or the lower ``re_pix`` on a bound), ``n_bound`` (``n`` within 1e-3 of a bound, relative),
+    ``re_upper`` (``re_pix`` within 1e-3 of its upper bound), ``chi2nu_ref`` (NaN without
+    ``reference``), ``reverted`` (bool).
     """
     if sky not in ("none", "flat"):
         raise GalnetValueError(f"sky must be 'none' or 'flat', got {sky!r}", "sky", sky)
     images = as_array3(images, "images")
     N, H, W = images.shape
+    if neighbours is not None:
+        nb = as_array3(neighbours, "neighbours")
+        if nb.shape != images.shape:
+            raise GalnetValueError(f"neighbours must have the shape of the images "
+                                   f"{images.shape}, got {nb.shape}", "neighbours")
+        images = images - np.where(np.isfinite(nb), nb, 0.0)
     psfs = check_psfs(psfs, N)
     data, wt = noise_weights(images, sigma, mask, gain)
     if init is None:
@@ -224,13 +261,22 @@ def fit_arrays(
     init = {k: np.broadcast_to(np.asarray(getattr(init[k], "value", init[k]), float), (N,))
             for k in FIT_KEYS}
     _check_init(init)
+    scale = stamp_scale(wt)  # image units -> internal units ~ 1 sigma
+    data, wt = data / scale[:, None, None], wt * scale[:, None, None]
+    init = {**init, "flux": init["flux"] / scale}
     dev = resolve_device(device)
     dt = {"float64": torch.float64, "float32": torch.float32}[config.dtype]
-    lo_np, hi_np, emax = internal_bounds((H, W))
-    lo = torch.as_tensor(lo_np, dtype=dt, device=dev)
-    hi = torch.as_tensor(hi_np, dtype=dt, device=dev)
+    lo_np, hi_np, emax = stamp_bounds((H, W), N, lo, hi, scale)
+    lo_t = torch.as_tensor(lo_np, dtype=dt, device=dev)
+    hi_t = torch.as_tensor(hi_np, dtype=dt, device=dev)
     u0_all = to_internal(init)
     u0_all[:, :5] = np.clip(u0_all[:, :5], lo_np, hi_np)
+    ref_all = None
+    if reference is not None:
+        ref = {k: np.broadcast_to(np.asarray(getattr(reference[k], "value", reference[k]),
+                                             float), (N,)) for k in FIT_KEYS}
+        with np.errstate(all="ignore"):
+            ref_all = to_internal({**ref, "flux": ref["flux"] / scale})
     fitsky = sky == "flat"
     npar = NPAR + int(fitsky)
     out = empty_result(N)
@@ -243,27 +289,73 @@ def fit_arrays(
     def one(chunk: slice) -> None:
         s, e = chunk.start, chunk.stop
         ps = psfs if psfs.shape[0] == 1 else psfs[s:e]
-        pr = None if prior is None else _prior_arrays(prior, slice(s, e), npar, dev)
+        pr = None if prior is None else _prior_arrays(prior, slice(s, e), npar, dev,
+                                                      config.prior_scale)
         prob = Problem(tt(data[s:e]), tt(wt[s:e]), tt(ps), (H, W), fitsky, config, pr)
         u0 = u0_all[s:e]
         if fitsky:
             u0 = np.c_[u0, np.zeros(e - s)]
-        u, A, chi2, niter, conv = _lm(prob, tt(u0), lo, hi, emax)
+        lo_c, hi_c = lo_t[s:e], hi_t[s:e]
+        u, A, chi2, niter, conv = _lm(prob, tt(u0), lo_c, hi_c, emax)
         nfree = (wt[s:e] > 0).sum(axis=(1, 2))
-        _collect(out, slice(s, e), u, A, chi2, niter, conv, nfree, npar, lo, hi, emax, prob,
+        dof = np.maximum(nfree - npar, 1)
+        if ref_all is not None:
+            chi2_ref, rev = _guard(prob, tt(ref_all[s:e]), u, A, chi2, guard)
+            out["chi2nu_ref"][s:e] = chi2_ref.cpu().numpy() / dof
+            out["reverted"][s:e] = rev.cpu().numpy()
+        _collect(out, slice(s, e), u, A, chi2, niter, conv, nfree, npar, lo_c, hi_c, emax, prob,
                  config)
 
     run_chunks(one, N, config.batch, progress=progress, desc="fit", option="batch")
+    for k in ("flux", "flux_err", "sky", "sky_err"):
+        out[k] *= scale
+    if models:
+        out["model"] *= scale[:, None, None]
     return out
 
 
-def _prior_arrays(prior: dict, sl: slice, npar: int, dev) -> tuple[torch.Tensor, torch.Tensor]:
+def _guard(prob: Problem, ur: torch.Tensor, u, A, chi2, guard: bool):
+    """chi2 of the reference ``ur`` (B, 7; its best flat sky appended when the problem fits a
+    sky) on the problem's pixels, and (guard) the stamps whose fit ended worse: there ``u``,
+    ``A`` (Fisher matrix at the reference, plus the prior's) and ``chi2`` are replaced in
+    place. Reference rows that are not finite are never reverted to."""
+    B = len(ur)
+    dev = ur.device
+    idx = torch.arange(B, device=dev)
+    ok = torch.isfinite(ur).all(1)
+    ur = torch.where(ok[:, None], ur, u[:, :NPAR])  # placeholders: never used
+    win = prob.windows(ur)
+    m = prob.model(ur, idx, win)
+    res = prob.data - m
+    if prob.sky:
+        w2 = prob.wt**2
+        sky = (w2 * res).sum((1, 2)) / w2.sum((1, 2)).clamp_min(1e-30)
+        ur = torch.cat([ur, sky[:, None].to(ur.dtype)], 1)
+        res = res - sky[:, None, None]
+    c2 = ((res * prob.wt).double() ** 2).sum((1, 2))
+    c2 = torch.where(ok, c2, torch.full_like(c2, float("nan")))
+    rev = torch.zeros(B, dtype=torch.bool, device=dev)
+    if guard:
+        rev = ok & torch.isfinite(c2) & (~torch.isfinite(chi2) | (chi2 > c2 * (1 + 1e-6)))
+    if bool(rev.any()):
+        j = torch.nonzero(rev)[:, 0]
+        jn = j.cpu().numpy()
+        J = prob.jacobian(ur[j], j, win[jn], m[j])
+        Aj = torch.bmm(J.transpose(1, 2), J).double()
+        if prob.prior is not None:
+            Aj = Aj + torch.diag_embed(prob.prior[1][j])
+        u[j], A[j], chi2[j] = ur[j].to(u.dtype), Aj, c2[j]
+    return c2, rev
+
+
+def _prior_arrays(prior: dict, sl: slice, npar: int, dev, prior_scale: float = 1.0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mu, 1/sigma^2) of a Gaussian prior in internal coordinates for the stamps ``sl``; the
     prior's ``q`` is clipped into the fitter's q range (``SERSIC['q'].fit``)."""
     def col(k):
         return np.asarray(getattr(prior[k], "value", prior[k]), float)[sl]
 
-    scale = DEFAULT_FIT.prior_scale if "scale" not in prior else float(prior["scale"])
+    scale = prior_scale if "scale" not in prior else float(prior["scale"])
     re, n, q = col("re_pix"), col("n"), np.clip(col("q"), *SERSIC["q"].fit)
     B = len(re)
     mu = np.zeros((B, npar))
@@ -275,7 +367,12 @@ def _prior_arrays(prior: dict, sl: slice, npar: int, dev) -> tuple[torch.Tensor,
     s_re = scale * col("re_pix_err") / re
     s_n = scale * col("n_err") / n
     s_e = scale * 2 * col("q_err") / (1 + q) ** 2
-    for j, sg in ((3, s_re), (4, s_n), (5, s_e), (6, s_e)):
+    pairs = [(3, s_re), (4, s_n), (5, s_e), (6, s_e)]
+    for j, k in ((0, "x"), (1, "y")):  # the centre, when given with its errors
+        if k in prior and f"{k}_err" in prior:
+            mu[:, j] = col(k)
+            pairs.append((j, scale * col(f"{k}_err")))
+    for j, sg in pairs:
         ok = np.isfinite(sg) & (sg > 0)
         ivar[:, j] = np.where(ok, 1.0 / np.where(ok, sg, 1.0) ** 2, 0.0)
         mu[:, j] = np.where(np.isfinite(mu[:, j]), mu[:, j], 0.0)
@@ -286,8 +383,10 @@ def _prior_arrays(prior: dict, sl: slice, npar: int, dev) -> tuple[torch.Tensor,
 def empty_result(N: int) -> dict[str, np.ndarray]:
     """The result arrays of :func:`fit_arrays` for N stamps, before any fit (NaN, 0, False)."""
     out = {k: np.full(N, np.nan) for k in (*FIT_KEYS, *(f"{k}_err" for k in FIT_KEYS), "sky",
-                                            "sky_err", "chi2nu", "snr")}
-    out.update(niter=np.zeros(N, np.int64), converged=np.zeros(N, bool), bound=np.zeros(N, bool))
+                                            "sky_err", "chi2nu", "snr", "chi2nu_ref")}
+    out.update(niter=np.zeros(N, np.int64), converged=np.zeros(N, bool), bound=np.zeros(N, bool),
+               n_bound=np.zeros(N, bool), re_upper=np.zeros(N, bool),
+               reverted=np.zeros(N, bool))
     return out
 
 
@@ -343,9 +442,15 @@ def _collect(out, sl, u, A, chi2, niter, conv, nfree, npar, lo, hi, emax, prob, 
     out["niter"][sl] = niter.cpu().numpy()
     out["converged"][sl] = conv.cpu().numpy()
     tol = 1e-6 if u.dtype == torch.float64 else 1e-5
-    at = ((ud[:, :5] <= lo.double() + tol) | (ud[:, :5] >= hi.double() - tol)).any(1)
-    at |= torch.sqrt(e1**2 + e2**2) >= emax * (1 - tol)
-    out["bound"][sl] = at.cpu().numpy()
+    lod, hid = lo.double(), hi.double()
+    at = (ud[:, :5] <= lod + tol) | (ud[:, :5] >= hid - tol)
+    near = 1e-3  # n, re: within 1e-3 of the bound (relative; ln n, ln re are internal)
+    out["n_bound"][sl] = ((ud[:, 4] <= lod[..., 4] + near) | (ud[:, 4] >= hid[..., 4] - near)
+                          ).cpu().numpy()
+    out["re_upper"][sl] = (ud[:, 3] >= hid[..., 3] - near).cpu().numpy()
+    bound = at[:, :3].any(1) | (ud[:, 3] <= lod[..., 3] + tol)  # x, y, flux, re's lower
+    bound |= torch.sqrt(e1**2 + e2**2) >= emax * (1 - tol)
+    out["bound"][sl] = bound.cpu().numpy()
 
 
 def fisher_errors(params: dict, psfs, sigma, shape: tuple[int, int], *, mask=None,
@@ -358,6 +463,9 @@ def fisher_errors(params: dict, psfs, sigma, shape: tuple[int, int], *, mask=Non
     psfs = check_psfs(psfs, N)
     p = {k: np.broadcast_to(np.asarray(params[k], float), (N,)) for k in FIT_KEYS}
     _, wt = noise_weights(np.zeros((N, *shape)), sig, mask, None)
+    scale = stamp_scale(wt)  # as fit_arrays: internal units ~ 1 sigma
+    wt = wt * scale[:, None, None]
+    p["flux"] = p["flux"] / scale
     dt = {"float64": torch.float64, "float32": torch.float32}[config.dtype]
     lo_np, hi_np, emax = internal_bounds(shape)
     out = empty_result(N)
@@ -376,4 +484,5 @@ def fisher_errors(params: dict, psfs, sigma, shape: tuple[int, int], *, mask=Non
         _collect(out, slice(s, e), u, A, torch.zeros(e - s, dtype=torch.float64), zeros,
                  zeros.bool(), np.ones(e - s), NPAR, torch.as_tensor(lo_np, dtype=dt),
                  torch.as_tensor(hi_np, dtype=dt), emax, prob, config)
+    out["flux_err"] *= scale
     return {k: out[f"{k}_err"] for k in FIT_KEYS}

@@ -1,10 +1,13 @@
 """Stamps in, catalogue out: ``galnet fit`` and ``galnet predict --refine``.
 
 :func:`fit` fits the stamps of one :class:`~galnet.io.batch.StampBatch` (started from the
-network, image moments or a catalogue; neighbours masked) and returns the catalogue of
-``galnet fit`` (a contract; ``docs/fit.md``): the columns of ``galnet predict`` plus ``niter``,
-``converged`` and the fitted ``sky`` when one is fitted. :func:`fit_files` does it for files,
-a chunk at a time, and writes the catalogue (and optionally the models and residuals) atomically.
+network, image moments or a catalogue; neighbours subtracted when their model is given, else
+masked) and returns the catalogue of ``galnet fit`` (a contract; ``docs/fit.md``): the columns
+of ``galnet predict`` plus ``niter``, ``converged``, ``chi2nu_nn`` and the fitted ``sky`` when
+one is fitted. Started from the network, the refine is guarded: the network's prior, a centre
+bound tied to its errors, and accept-or-revert on chi2 (``REVERTED``). :func:`fit_files` does it
+for files, a chunk at a time, and writes the catalogue (and optionally the models and residuals)
+atomically.
 
 A stamp that cannot be fitted -- no usable pixel (all masked, non-finite, or ``sigma <= 0``) or
 no finite first guess -- is not fitted: its row has NaN parameters and the flags ``NONFINITE``
@@ -26,11 +29,16 @@ from galnet.fitting.problem import DEFAULT_FIT, FIT_KEYS, FitConfig
 from galnet.flags import LOW_SNR_LIMIT, Flag
 from galnet.runner import resolve_device, run_batches
 
-__all__ = ["fit", "fit_files", "usable_stamps", "nonfinite_rows"]
+__all__ = ["fit", "fit_files", "usable_stamps", "nonfinite_rows", "centre_bounds",
+           "CENTRE_RADIUS"]
 
 log = logging.getLogger(__name__)
 
 _SKY_MODES = ("none", "flat")
+
+#: Default radius (stamp px) of the centre bound around the network's position (the bound is
+#: ``max(CENTRE_RADIUS, 3 x the network's x_err / y_err)``).
+CENTRE_RADIUS = 1.5
 
 
 def usable_stamps(images, mask=None, sigma=None) -> np.ndarray:
@@ -46,7 +54,9 @@ def usable_stamps(images, mask=None, sigma=None) -> np.ndarray:
 
 
 def _start(stamps, init, model, device) -> tuple[dict[str, np.ndarray], str]:
-    """Initial parameters (stamp pixels) and a name for them."""
+    """Initial parameters (stamp pixels; with their ``_err`` when known) and a name for them:
+    ``"nn (...)"`` for the network (also a first-guess catalogue made by it, see
+    :func:`_first_guess`), ``"moments"``, or ``"catalogue"``."""
     if isinstance(init, str) and init == "nn":
         from galnet.nn.model import GaLNet, load_model
         from galnet.nn.predict import predict_arrays
@@ -60,17 +70,20 @@ def _start(stamps, init, model, device) -> tuple[dict[str, np.ndarray], str]:
     if isinstance(init, str) and init == "moments":
         return moments_init(stamps.images, stamps.psfs, mask=stamps.mask,
                             sigma=stamps.sigma), "moments"
-    return init_from_catalog(init, stamps), "catalogue"
+    name = str(getattr(init, "meta", {}).get("first_guess", "catalogue"))
+    return init_from_catalog(init, stamps), name
 
 
 def _first_guess(stamps, init, **kw):
-    """Initial parameters of ``stamps`` as a catalogue in input pixels (``init`` nn/moments)."""
+    """Initial parameters of ``stamps`` as a catalogue in input pixels (``init`` nn/moments),
+    with their errors; ``meta["first_guess"]`` names them (for the prior and the guard)."""
     from galnet.io.catalog import stamp_catalog
 
-    start = _start(stamps, init, kw.get("model"), kw.get("device", "cpu"))[0]
+    start, name = _start(stamps, init, kw.get("model"), kw.get("device", "cpu"))
     res = {**{f"{k}_err": np.full(len(stamps), np.nan) for k in FIT_KEYS}, **start,
            "chi2nu": np.full(len(stamps), np.nan), "snr": np.full(len(stamps), np.nan)}
-    return stamp_catalog(stamps, res, np.asarray(stamps.flags), {"model": "init"})
+    return stamp_catalog(stamps, res, np.asarray(stamps.flags),
+                         {"model": "init", "first_guess": name})
 
 
 def nonfinite_rows(res: dict) -> np.ndarray:
@@ -81,75 +94,127 @@ def nonfinite_rows(res: dict) -> np.ndarray:
     return bad
 
 
+def centre_bounds(start: dict, shape: tuple[int, int], radius: float | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-stamp bounds (lo, hi: (N, 5) on ``x, y, flux, re_pix, n``, NaN = none; for
+    :func:`galnet.fitting.lm.fit_arrays`) that keep the centre within ``max(radius, 3 err)``
+    (stamp px; ``radius`` default :data:`CENTRE_RADIUS`) of the start's ``x, y`` (``x_err``,
+    ``y_err`` when known)."""
+    H, W = shape
+    r0 = CENTRE_RADIUS if radius is None else float(radius)
+    N = len(np.atleast_1d(start["x"]))
+    lo, hi = np.full((N, 5), np.nan), np.full((N, 5), np.nan)
+    for j, (k, side) in enumerate((("x", W), ("y", H))):
+        c = np.clip(np.asarray(start[k], float), -0.5, side - 0.5)
+        err = np.asarray(start.get(f"{k}_err", np.full(N, np.nan)), float)
+        r = np.fmax(r0, 3 * np.where(np.isfinite(err), err, 0.0))
+        lo[:, j], hi[:, j] = c - r, c + r
+    return lo, hi
+
+
 def fit(stamps, *, init="nn", sky: str = "none", auto_mask_neighbours: bool = True,
         gain: float | None = None, model=None, device="cpu", config: FitConfig = DEFAULT_FIT,
-        nn_prior: bool = False, progress: bool = False, models_out=None):
+        guard: bool = True, prior: bool = True, nn_prior: bool | None = None,
+        centre_radius: float | None = None, neighbours=None, progress: bool = False,
+        models_out=None):
     """The ``galnet fit`` catalogue (QTable with units) of a :class:`galnet.io.batch.StampBatch`.
 
     ``init``: ``"nn"`` (GaLNet, the default), ``"moments"`` (:func:`moments_init`), or a
-    catalogue (path or table, input pixels). Neighbours are masked with :func:`auto_mask` around
-    the initial position unless ``auto_mask_neighbours=False``. ``gain`` (e-/image unit) adds the
-    source's Poisson noise to the weights when the stamps have no sigma map. Columns: those of
-    ``galnet predict`` (``chi2nu``, ``snr`` of the fitted model), then ``niter``, ``converged``
-    and, with ``sky="flat"``, ``sky``, ``sky_err``; flags ``FIT_NOT_CONVERGED``, ``BOUND_HIT``,
-    ``LOW_SNR``, ``NONFINITE`` (see the module docstring). ``nn_prior`` (with ``init="nn"``): a
-    MAP fit, the network's ``re_pix, n, q, pa_deg`` and errors as a Gaussian prior
-    (``fit_arrays(prior=...)``). ``models_out``: an object with ``add(stamps, models)`` (e.g. a
-    :class:`galnet.io.models.ModelWriter`) that receives the fitted models (N, H, W: Sérsic x PSF
-    plus the fitted sky; NaN for stamps not fitted).
+    catalogue (path or table, input pixels). ``neighbours``: None or (N, S, S) model of the
+    other sources in each stamp (image units, stamp pixels), subtracted from the data before
+    the neighbour mask and the fit. Neighbours are masked with :func:`auto_mask` around the
+    initial position unless ``auto_mask_neighbours=False``. ``gain`` (e-/image unit) adds the
+    source's Poisson noise to the weights when the stamps have no sigma map.
+
+    The guarded refine (with ``init="nn"``, docs/fit.md): ``prior`` -- the network's values and
+    errors as a Gaussian prior (a MAP fit, ``fit_arrays(prior=...)``; ``nn_prior=True`` is the
+    old name); the centre bound -- ``|x - x_nn|, |y - y_nn| <= max(centre_radius [1.5 px],
+    3 x the network's error)`` (other inits: only when ``centre_radius`` is given; ``inf`` turns
+    it off); ``guard`` -- accept or revert: where the fit's chi2 is above that of its start on
+    the same pixels and weights, the start is reported (errors from the Fisher matrix there),
+    flagged ``REVERTED``.
+
+    Columns: those of ``galnet predict`` (``chi2nu``, ``snr`` of the reported parameters), then
+    ``niter``, ``converged``, ``chi2nu_nn`` (the network's parameters' chi2nu on the same
+    pixels; NaN unless the start is the network's) and, with ``sky="flat"``, ``sky``,
+    ``sky_err``; flags ``FIT_NOT_CONVERGED``, ``BOUND_HIT``, ``N_AT_BOUND``,
+    ``RE_UNCONSTRAINED`` (``re_pix`` beyond a quarter of the stamp's smaller side, or at its
+    upper bound), ``REVERTED``, ``LOW_SNR``, ``NONFINITE`` (see the module docstring).
+    ``models_out``: an object with ``add(stamps, models)`` (e.g. a
+    :class:`galnet.io.models.ModelWriter`) that receives the models (N, H, W: Sérsic x PSF plus
+    the fitted sky, plus ``neighbours`` when given; NaN for stamps not fitted).
     """
     from galnet.io.catalog import stamp_catalog
 
     if sky not in _SKY_MODES:
         raise GalnetValueError(f"sky must be 'none' or 'flat', got {sky!r}", "sky", sky)
     device = resolve_device(device)
+    N, H, W = stamps.images.shape
     has_map = any(k in stamps.meta for k in ("sigma", "ivar"))
     sigma = stamps.sigma if (has_map or gain is None) else None
     start, name = _start(stamps, init, model, device)
-    if nn_prior and not name.startswith("nn"):
+    is_nn = name.startswith("nn")
+    if nn_prior and not is_nn:
         raise GalnetValueError("the network prior needs init='nn'", "nn_prior")
-    has_pixels = usable_stamps(stamps.images, stamps.mask, sigma)
+    use_prior = bool(prior or nn_prior) and is_nn
+    images = stamps.images
+    if neighbours is not None:
+        neighbours = np.asarray(neighbours, dtype=float)
+        if neighbours.shape != images.shape:
+            raise GalnetValueError(f"neighbours must have the shape of the stamps "
+                                   f"{images.shape}, got {neighbours.shape}", "neighbours")
+        neighbours = np.where(np.isfinite(neighbours), neighbours, 0.0)
+        images = images - neighbours
+    has_pixels = usable_stamps(images, stamps.mask, sigma)
     started = np.all([np.isfinite(np.asarray(start[k], float)) for k in FIT_KEYS], axis=0)
     mask = stamps.mask
     if auto_mask_neighbours:
-        mask = auto_mask(stamps.images, stamps.sigma, stamps.mask,
-                         centre=(start["x"], start["y"]))
-    usable = usable_stamps(stamps.images, mask, sigma) & started
-    res = empty_result(len(stamps))
-    models = np.full(stamps.images.shape, np.nan) if models_out is not None else None
+        mask = auto_mask(images, stamps.sigma, stamps.mask, centre=(start["x"], start["y"]))
+    usable = usable_stamps(images, mask, sigma) & started
+    res = empty_result(N)
+    models = np.full(images.shape, np.nan) if models_out is not None else None
+    bounded = is_nn or centre_radius is not None
     if usable.any():
         sel = np.flatnonzero(usable)
         psfs = stamps.psfs if len(stamps.psfs) == 1 else stamps.psfs[sel]
-        prior = ({k: np.asarray(v)[sel] for k, v in start.items()} if nn_prior else None)
-        r = fit_arrays(stamps.images[sel], psfs, sigma=None if sigma is None else sigma[sel],
-                       mask=mask[sel], init={k: np.asarray(v)[sel] for k, v in start.items()
-                                             if k in FIT_KEYS},
-                       sky=sky, gain=gain, prior=prior, device=device, config=config,
-                       progress=progress, models=models is not None)
+        st = {k: np.asarray(v, float)[sel] for k, v in start.items()}
+        lo, hi = centre_bounds(st, (H, W), centre_radius) if bounded else (None, None)
+        r = fit_arrays(images[sel], psfs, sigma=None if sigma is None else sigma[sel],
+                       mask=mask[sel], init={k: st[k] for k in FIT_KEYS}, sky=sky, gain=gain,
+                       prior=st if use_prior else None, lo=lo, hi=hi,
+                       reference={k: st[k] for k in FIT_KEYS}, guard=guard, device=device,
+                       config=config, progress=progress, models=models is not None)
         if models is not None:
             models[sel] = r.pop("model")
         for k, v in r.items():
             res[k][sel] = v
     if not usable.all():
         log.warning("%d of %d stamps could not be fitted (no usable pixel or no finite first "
-                    "guess): NaN, flagged NONFINITE", int((~usable).sum()), len(stamps))
+                    "guess): NaN, flagged NONFINITE", int((~usable).sum()), N)
     flags = np.asarray(stamps.flags, dtype=np.int64).copy()
-    flags |= np.where(~res["converged"], int(Flag.FIT_NOT_CONVERGED), 0)
-    flags |= np.where(res["bound"], int(Flag.BOUND_HIT), 0)
-    flags |= np.where(res["snr"] < LOW_SNR_LIMIT, int(Flag.LOW_SNR), 0)
-    flags |= np.where(nonfinite_rows(res), int(Flag.NONFINITE), 0)
-    flags |= np.where(~has_pixels, int(Flag.MASKED_CENTRE), 0)
+    unconstrained = res["re_upper"] | (res["re_pix"] > min(H, W) / 4)
+    for cond, flag in ((~res["converged"], Flag.FIT_NOT_CONVERGED), (res["bound"], Flag.BOUND_HIT),
+                       (res["n_bound"], Flag.N_AT_BOUND),
+                       (unconstrained, Flag.RE_UNCONSTRAINED), (res["reverted"], Flag.REVERTED),
+                       (res["snr"] < LOW_SNR_LIMIT, Flag.LOW_SNR),
+                       (nonfinite_rows(res), Flag.NONFINITE), (~has_pixels, Flag.MASKED_CENTRE)):
+        flags |= np.where(cond, int(flag), 0)
     t = stamp_catalog(stamps, res, flags, {"model": name})
     t["niter"] = res["niter"]
     t["converged"] = res["converged"]
+    t["chi2nu_nn"] = res["chi2nu_ref"] if is_nn else np.full(N, np.nan)
     if sky == "flat":
         t["sky"] = res["sky"]
         t["sky_err"] = res["sky_err"]
-    t.meta["fit"] = {"init": name, "sky": sky, "nn_prior": bool(nn_prior),
-                     "auto_mask": bool(auto_mask_neighbours),
+    t.meta["fit"] = {"init": name, "sky": sky, "prior": use_prior, "nn_prior": use_prior,
+                     "guard": bool(guard), "auto_mask": bool(auto_mask_neighbours),
+                     "centre_radius": (float(CENTRE_RADIUS if centre_radius is None else
+                                             centre_radius) if bounded else None),
+                     "neighbours": neighbours is not None,
                      "scale_errors": bool(config.scale_errors), "dtype": config.dtype}
     if models_out is not None:
-        models_out.add(stamps, models)
+        models_out.add(stamps, models if neighbours is None else models + neighbours,
+                       mask=mask)  # the mask the fit used (neighbours masked too)
     return t
 
 
@@ -194,14 +259,19 @@ def fit_files(out, *, images=None, psf=None, sigma=None, ivar=None, mask=None, f
               zeropoint: float | None = None, preset: str = "hsc-r", init="nn",
               sky: str = "none", auto_mask_neighbours: bool = True, gain: float | None = None,
               model=None, device: str | None = "cpu", chunk: int = 1024,
-              config: FitConfig = DEFAULT_FIT, native: bool = False, nn_prior: bool = False,
-              progress: bool = True, save_models=None, overwrite: bool = False, command=None):
+              config: FitConfig = DEFAULT_FIT, native: bool | str = "auto",
+              guard: bool = True, prior: bool = True, nn_prior: bool | None = None,
+              centre_radius: float | None = None, progress: bool = True, save_models=None,
+              overwrite: bool = False, command=None):
     """``galnet fit`` (and ``galnet predict --refine``): the inputs of ``galnet predict`` ->
     catalogue ``out`` (.ecsv / .fits / .parquet, written atomically; an existing file is refused
     unless ``overwrite``), ``chunk`` stamps at a time. See :func:`fit` for ``init``, ``sky``,
-    ``auto_mask_neighbours``, ``gain``, ``nn_prior``. ``native=True`` (``images`` only) fits
-    each input image whole, at its own pixels (no cropping, no rebinning; e.g. a galaxy far
-    bigger than 61x61), started from ``init`` computed on the usual stamps. ``save_models``: a
+    ``auto_mask_neighbours``, ``gain``, ``guard``, ``prior`` (``nn_prior``: its old name),
+    ``centre_radius``. ``native=True`` (``images`` only) fits each input image whole, at its
+    own pixels (no cropping, no rebinning; e.g. a galaxy far bigger than 61x61), started from
+    ``init`` computed on the usual stamps (rebinning is for the network's input only);
+    ``"auto"`` (the default): native when the ``images`` are larger than the preset's stamp,
+    else the usual stamps (always for a ``frame``). ``save_models``: a
     FITS path for the fitted models and residuals (:mod:`galnet.io.models`: one
     multi-extension file, written atomically at the end: nothing under that name if the run
     stops). Outputs are checked for writability before any work. The table meta holds the
@@ -229,6 +299,11 @@ def fit_files(out, *, images=None, psf=None, sigma=None, ivar=None, mask=None, f
     inputs = dict(images=images, psf=psf, sigma=sigma, ivar=ivar, mask=mask, frame=frame,
                   positions=positions, psf_positions=psf_positions, pixel_scale=pixel_scale,
                   zeropoint=zeropoint, chunk=chunk)
+    if native == "auto":
+        from galnet.presets import get_preset
+
+        native = (frame is None and images is not None
+                  and _native_size(images) > get_preset(preset).stamp)
     if native:
         if frame is not None:
             raise GalnetValueError("native fits take images, not a frame", "frame")
@@ -260,7 +335,8 @@ def fit_files(out, *, images=None, psf=None, sigma=None, ivar=None, mask=None, f
         def one(b):
             meta.update(b.meta)
             return fit(b, init=init, sky=sky, auto_mask_neighbours=auto_mask_neighbours,
-                       gain=gain, model=model, device=device, config=config, nn_prior=nn_prior,
+                       gain=gain, model=model, device=device, config=config, guard=guard,
+                       prior=prior, nn_prior=nn_prior, centre_radius=centre_radius,
                        models_out=writer)
 
         tables = run_batches(one, batches, progress=progress, desc="fit")
@@ -268,7 +344,8 @@ def fit_files(out, *, images=None, psf=None, sigma=None, ivar=None, mask=None, f
         init_name = str(init_arg) if isinstance(init_arg, str | os.PathLike) else "table"
         options = dict(preset=getattr(preset, "name", preset), init=init_name, sky=sky,
                        auto_mask_neighbours=auto_mask_neighbours, gain=gain,
-                       device=str(device), chunk=chunk, native=native, nn_prior=nn_prior,
+                       device=str(device), chunk=chunk, native=bool(native), guard=guard,
+                       prior=prior, nn_prior=nn_prior, centre_radius=centre_radius,
                        pixel_scale=pixel_scale, zeropoint=zeropoint,
                        scale_errors=config.scale_errors, dtype=config.dtype,
                        save_models=save_models)

@@ -11,7 +11,7 @@ Each output stamp pixel ``(x, y)`` maps to input (stamp or frame) pixel coordina
 
     x_in = x0 + k * x + (k - 1) / 2          y_in = y0 + k * y + (k - 1) / 2
 
-``k`` (``StampBatch.rebin``) is the rebinning factor (1, 2 or 3), ``x0``, ``y0`` integers (the input
+``k`` (``StampBatch.rebin``) is the rebinning factor (1 .. 8), ``x0``, ``y0`` integers (the input
 coordinate of the first input pixel of output pixel 0). Lengths scale by ``k``
 (``re_in = k * re_pix``). :func:`to_input_coords` applies this to catalogue columns.
 """
@@ -42,7 +42,7 @@ class StampBatch:
     psfs : (N, P, P) float32, unit sum, peak on the central pixel ((P-1)/2, (P-1)/2).
     flags : (N,) int64, :class:`galnet.flags.Flag` bits.
     ids : (N,) identifiers (stamp index, or the ``id`` column of the positions).
-    rebin : (N,) int64 rebinning factor k (1, 2, 3).
+    rebin : (N,) int64 rebinning factor k (1 .. 8).
     x0, y0 : (N,) float64 input/frame pixel offsets: ``x_in = x0 + k x + (k - 1)/2``.
     input_x, input_y : (N,) float64 requested centre in input/frame pixels (stamp centre, or the
         catalogue position of a frame cutout).

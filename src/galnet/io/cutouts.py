@@ -108,7 +108,8 @@ def iter_stamps(images, psf, sigma=None, ivar=None, mask=None, *, pixel_scale: f
     preset : survey preset (stamp size, PSF size, containment rule, defaults) [default: hsc-r].
     ids : (N,) identifiers [default: 0..N-1].
     psf_positions : (N, 2) frame positions (0-based x, y) of the stamps, needed by a PSFEx PSF.
-    rebin : ``"auto"`` (rule of the module docstring) or a factor 1, 2, 3 for every stamp.
+    rebin : ``"auto"`` (rule of :mod:`galnet.io.prepare`) or a factor 1..MAX_REBIN (8) for every
+        stamp.
     chunk : stamps per batch.
 
     Inputs are validated (and files opened) when this is called; a missing file, a shape
@@ -300,10 +301,83 @@ def _gather(data: np.ndarray, ixc: np.ndarray, iyc: np.ndarray, size: int
     return vals, ~(oky[:, :, None] & okx[:, None, :])
 
 
+def _frame_sizes(size, rebin, N: int, S: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(side (N,) of the cutout read around each position, rebin (N,) or None for "auto")."""
+    def bad_size(v):
+        raise GalnetValueError(f"size must be an odd integer >= 3 (or one per position), got "
+                               f"{v!r}", "size", v)
+
+    if size is None:
+        side = np.full(N, S, dtype=np.int64)
+    elif np.ndim(size) == 0:
+        if (isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 3
+                or size % 2 == 0):
+            bad_size(size)
+        side = np.full(N, int(size), dtype=np.int64)
+    else:
+        a = np.asarray(size)
+        if a.shape != (N,) or a.dtype.kind not in "iu":
+            bad_size(f"an array of shape {a.shape} and dtype {a.dtype} for {N} positions")
+        wrong = (a < 3) | (a % 2 == 0)
+        if wrong.any():
+            bad_size(int(a[wrong][0]))
+        side = a.astype(np.int64)
+    if isinstance(rebin, str) or np.ndim(rebin) == 0:
+        k = _check_rebin(rebin)
+        return side, None if k == "auto" else np.full(N, k, dtype=np.int64)
+    k = np.asarray(rebin)
+    if k.shape != (N,) or k.dtype.kind not in "iu" or ((k < 1) | (k > MAX_REBIN)).any():
+        raise GalnetValueError(f"rebin: expected 'auto', an integer 1..{MAX_REBIN} or {N} of "
+                               f"them (one per position), got shape {k.shape}", "rebin")
+    k = k.astype(np.int64)
+    need = S * k + (1 - (S * k) % 2)  # the S k box (one more for even k: an odd cutout)
+    return np.maximum(side, need), k
+
+
+#: Most frame pixels gathered at once (bounds the temporaries of large cutouts).
+_GATHER_PIXELS = 1 << 24
+
+
+def _frame_block(data, planes, noise, ixc, iyc, side, k, S: int, preset: Preset):
+    """Cutouts of one chunk, grouped by (side, rebin), prepared and put back in input order:
+    (images, sigma, mask, flags, rebin, x0, y0, sky_rms) in frame pixels."""
+    n = ixc.size
+    out = dict(images=np.empty((n, S, S), np.float32), sigma=np.empty((n, S, S), np.float32),
+               mask=np.empty((n, S, S), bool), flags=np.zeros(n, np.int64),
+               rebin=np.empty(n, np.int64), x0=np.empty(n), y0=np.empty(n), sky_rms=np.empty(n))
+    key = side * (MAX_REBIN + 1) + (0 if k is None else k)
+    for kv in np.unique(key):
+        group = np.flatnonzero(key == kv)
+        sd = int(kv // (MAX_REBIN + 1))
+        kk = int(kv % (MAX_REBIN + 1)) or "auto"
+        step = max(1, _GATHER_PIXELS // (sd * sd))
+        for j in range(0, group.size, step):
+            sel = group[j:j + step]
+            cut, outside = _gather(data, ixc[sel], iyc[sel], sd)
+            ex = {w: None if a is None else _gather(a, ixc[sel], iyc[sel], sd)[0]
+                  for w, a in planes.items()}
+            if noise is not None:  # frame noise: sky subtracted, sigma and mask of the frame
+                cut = cut - _gather(noise.sky, ixc[sel], iyc[sel], sd)[0]
+                sig = _gather(noise.sigma, ixc[sel], iyc[sel], sd)[0]
+                nm = _gather(noise.mask, ixc[sel], iyc[sel], sd)[0] & np.isfinite(cut)
+                ex["sigma"] = np.where(np.isfinite(sig), sig, 0.0)  # inf: masked, no NONFINITE
+                ex["ivar"] = None
+                ex["mask"] = nm if ex["mask"] is None else (ex["mask"] != 0) | nm
+            blk = prepare_block(cut, ex["sigma"], ex["ivar"], ex["mask"], outside, S=S,
+                                rebin=kk, preset=preset)
+            blk.flags[outside.any(axis=(1, 2))] |= Flag.EDGE
+            h = (sd - 1) // 2
+            for name in ("images", "sigma", "mask", "flags", "rebin", "sky_rms"):
+                out[name][sel] = getattr(blk, name)
+            out["x0"][sel] = blk.x0 + (ixc[sel] - h)
+            out["y0"][sel] = blk.y0 + (iyc[sel] - h)
+    return out
+
+
 def iter_frame(frame, positions, psf, sigma=None, ivar=None, mask=None, *,
                pixel_scale: float | None = None, zeropoint: float | None = None,
-               preset: str | Preset = "hsc-r", size: int | None = None,
-               rebin: str | int = "auto", chunk: int = 4096) -> StampIterator:
+               preset: str | Preset = "hsc-r", size=None, rebin="auto", chunk: int = 4096,
+               noise=None) -> StampIterator:
     """Cutouts of a frame around catalogue positions, ``chunk`` at a time.
 
     Parameters
@@ -317,21 +391,28 @@ def iter_frame(frame, positions, psf, sigma=None, ivar=None, mask=None, *,
     psf : as :func:`iter_stamps`; a cube must have one PSF per position; a PSFEx model is
         evaluated at each position.
     sigma, ivar, mask : frame-shaped paths or arrays [default: the frame file's extensions].
-    size : cutout side (odd) [default: preset.stamp]; larger cutouts go through the rebinning
-        rule, smaller ones are padded.
+    size : cutout side (odd), one for all or an (N,) array [default: preset.stamp]; larger
+        cutouts go through the rebinning rule, smaller ones are padded.
+    rebin : ``"auto"``, a factor 1..MAX_REBIN (8) for all, or an (N,) integer array (e.g. from
+        :func:`galnet.io.detect.cutout_plan`). With an array the cutout read around position i
+        is at least the ``S k_i`` box (``S k_i + 1`` px for even ``k_i``), so no real pixel is
+        replaced by padding.
+    noise : a :class:`galnet.io.background.FrameNoise` of this frame: its ``sky`` is subtracted
+        from the cutouts and its ``sigma`` and ``mask`` used (``sigma``/``ivar`` planes are then
+        ignored; a ``mask`` plane is OR-ed), instead of the stamp-border noise estimate.
     Other parameters as :func:`iter_stamps`.
 
-    The transform of each batch maps stamp pixels to *frame* pixels; pixels outside the frame are
-    masked and flag EDGE (a position wholly outside the frame gives an all-masked stamp).
+    Batches hold the positions in input order, whatever their sizes. The transform of each batch
+    maps stamp pixels to *frame* pixels; pixels outside the frame are masked and flag EDGE (a
+    position wholly outside the frame gives an all-masked stamp).
     """
     preset = get_preset(preset)
-    rebin = _check_rebin(rebin)
+    if isinstance(rebin, str) or np.ndim(rebin) == 0:
+        _check_rebin(rebin)
     chunk = _check_chunk(chunk)
     S = preset.stamp
-    size = S if size is None else size
-    if (isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 3
-            or size % 2 == 0):
-        raise GalnetValueError(f"size must be an odd integer >= 3, got {size!r}", "size", size)
+    if size is not None and np.ndim(size) == 0:
+        _frame_sizes(size, "auto", 1, S)  # a bad scalar size fails before any file is opened
     stack = contextlib.ExitStack()
     try:
         cube, ext = main_input(frame, "frame", stack)
@@ -341,19 +422,26 @@ def iter_frame(frame, positions, psf, sigma=None, ivar=None, mask=None, *,
         planes = input_planes(sigma, ivar, mask, ext, stack, cube)
         x, y, ids, wcs, pos_name = _read_positions(positions, cube.name, cube.headers)
         N = x.size
+        side, kfix = _frame_sizes(size, rebin, N, S)
         psrc = PSFSource(psf, N, preset.psf_size, pos_name, stack)
         ps, zp, meta = scale_and_zeropoint(pixel_scale, zeropoint, cube.headers, preset,
                                             cube.name)
         data = cube.plane()
         pdata = {w: None if c is None else c.plane() for w, c in planes.items()}
+        if noise is not None:
+            if getattr(noise, "sigma", None) is None or noise.sigma.shape != data.shape:
+                raise GalnetValueError(f"{cube.name}: noise must be a FrameNoise of this frame's "
+                                       f"shape {data.shape}", "noise")
+            pdata["sigma"] = pdata["ivar"] = None
     except BaseException:
         stack.close()
         raise
     meta.update(frame=cube.name, positions=pos_name, psf=psrc.name, preset=preset.name,
                 **{w: c.name for w, c in planes.items() if c is not None})
+    if noise is not None:
+        meta.update(noise=noise.source, sky_removed=bool(noise.sky_removed))
     ixc = np.ceil(x - 0.5).astype(np.int64)  # Cutout2D's centre pixel for an odd size
     iyc = np.ceil(y - 0.5).astype(np.int64)
-    h = (size - 1) // 2
 
     def gen() -> Iterator[StampBatch]:
         usable = 0
@@ -361,34 +449,29 @@ def iter_frame(frame, positions, psf, sigma=None, ivar=None, mask=None, *,
             for i0 in range(0, N, chunk):
                 i1 = min(N, i0 + chunk)
                 sl = slice(i0, i1)
-                cut, outside = _gather(data, ixc[sl], iyc[sl], size)
-                extra = {w: None if a is None else _gather(a, ixc[sl], iyc[sl], size)[0]
-                         for w, a in pdata.items()}
-                blk = prepare_block(cut, extra["sigma"], extra["ivar"], extra["mask"], outside,
-                               S=S, rebin=rebin, preset=preset)
-                blk.flags[outside.any(axis=(1, 2))] |= Flag.EDGE
+                blk = _frame_block(data, pdata, noise, ixc[sl], iyc[sl], side[sl],
+                                   None if kfix is None else kfix[sl], S, preset)
                 p = np.stack([x[sl], y[sl]], axis=1)
-                psfs, bad = psrc.block(i0, i1, blk.rebin, p)
-                blk.flags[bad] |= Flag.BAD_PSF
-                usable += int((~blk.mask.all(axis=(1, 2))).sum())
+                psfs, bad = psrc.block(i0, i1, blk["rebin"], p)
+                blk["flags"][bad] |= Flag.BAD_PSF
+                usable += int((~blk["mask"].all(axis=(1, 2))).sum())
                 if usable == 0 and i1 == N:
                     raise GalnetValueError(f"{pos_name}: none of the {N} cutouts of {cube.name} "
                                            "has a finite, unmasked pixel", "positions")
-                yield StampBatch(blk.images, blk.sigma, blk.mask, psfs, blk.flags, ids[sl],
-                                 blk.rebin, blk.x0 + (ixc[sl] - h), blk.y0 + (iyc[sl] - h),
-                                 x[sl].copy(), y[sl].copy(), blk.sky_rms, ps, zp, dict(meta),
-                                 wcs)
+                yield StampBatch(blk["images"], blk["sigma"], blk["mask"], psfs, blk["flags"],
+                                 ids[sl], blk["rebin"], blk["x0"], blk["y0"], x[sl].copy(),
+                                 y[sl].copy(), blk["sky_rms"], ps, zp, dict(meta), wcs)
 
     return StampIterator(gen(), N, chunk, stack)
 
 
 def load_frame(frame, positions, psf, sigma=None, ivar=None, mask=None, *,
                pixel_scale: float | None = None, zeropoint: float | None = None,
-               preset: str | Preset = "hsc-r", size: int | None = None,
-               rebin: str | int = "auto") -> StampBatch:
+               preset: str | Preset = "hsc-r", size=None, rebin="auto",
+               noise=None) -> StampBatch:
     """All cutouts at once (see :func:`iter_frame`). Raises as :func:`load_stamps`, and
     GalnetValueError ``"IMAGE.fits: no celestial WCS, cannot use ra/dec positions"``."""
     it = iter_frame(frame, positions, psf, sigma, ivar, mask, pixel_scale=pixel_scale,
                     zeropoint=zeropoint, preset=preset, size=size, rebin=rebin,
-                    chunk=_LOAD_CHUNK)
+                    chunk=_LOAD_CHUNK, noise=noise)
     return collect(it)

@@ -15,16 +15,17 @@ Geometry (pixel conventions of :mod:`galnet.conventions`: 0-based, pixel centres
   ``2 sigma`` of the smoothed noise, 8-connected, the segment at the brightest of the 3x3 central
   pixels); if less than ``preset.containment`` (0.9) of its flux lies within
   ``preset.containment_radius`` (27 px: the simulator's containment rule) of the centre, the
-  stamp is rebinned by the smallest ``k`` in (2, 3) that puts that fraction within ``27 k`` input
-  pixels, at most ``kmax = min(3, ceil(max(H, W) / S))`` (``kmax`` if none does). The segment
-  misses the faint wings and what lies outside the input stamp, so the rule is conservative
-  (low-surface-brightness galaxies are not rebinned). Rebinning
-  block-sums ``k x k`` pixels of the image (flux kept), adds sigma in quadrature, ORs the mask and
-  bins the PSF the same way (the binned effective PSF is the PSF convolved with the ``k x k``
-  comb of pixel centres, sampled every ``k`` pixels: an exact block-sum for k = 3; for k = 2 the
-  PSF is interpolated half a pixel with GalSim's Quintic kernel). For an odd input size and
-  k = 2 the input centre lands at ``(S-1)/2 - 1/4`` (no half-pixel resampling of the image).
-  ``rebin=1, 2, 3`` forces a factor for every stamp.
+  stamp is rebinned by the smallest ``k`` in 2..kmax that puts that fraction within ``27 k``
+  input pixels, ``kmax = min(MAX_REBIN, ceil(max(H, W) / S))`` (``kmax`` if none does;
+  ``MAX_REBIN`` = 8). The segment misses the faint wings and what lies outside the input stamp,
+  so the rule is conservative (low-surface-brightness galaxies are not rebinned). Frames sized
+  by detection use :func:`galnet.io.detect.cutout_plan` instead. Rebinning block-sums
+  ``k x k`` pixels of the image (flux kept), adds sigma in quadrature, ORs the mask and bins the
+  PSF the same way (the binned effective PSF is the PSF convolved with the ``k x k`` comb of
+  pixel centres, sampled every ``k`` pixels: an exact block-sum for odd k; for even k the PSF is
+  interpolated half a pixel with GalSim's Quintic kernel). For an odd input size and even k the
+  input centre lands at ``(S-1)/2 - 1/(2k)`` (no sub-pixel resampling of the image).
+  ``rebin=1..MAX_REBIN`` forces a factor for every stamp; an array gives one per stamp.
 
 Noise and masks
 ---------------
@@ -59,7 +60,7 @@ __all__ = ["MAX_REBIN", "REBIN_DETECT_NSIGMA", "Block", "prepare_block"]
 #: Detection threshold of the rebinning rule, in units of the smoothed-noise rms.
 REBIN_DETECT_NSIGMA = 2.0
 #: Largest rebinning factor.
-MAX_REBIN = 3
+MAX_REBIN = 8
 #: Fewest ring pixels for the sky estimate before all unmasked pixels are used.
 _MIN_SKY_PIXELS = 50
 #: Gaussian quantile at -1 sigma.
@@ -243,7 +244,7 @@ def prepare_block(raw, sig_raw, ivar_raw, mask_raw, outside, *, S: int, rebin, p
         kmax = min(MAX_REBIN, math.ceil(max(H, W) / S))
         k = _auto_rebin(img, mask, kmax, preset) if max(H, W) > S else np.ones(n, np.int64)
     else:
-        k = np.full(n, int(rebin), dtype=np.int64)
+        k = np.broadcast_to(np.asarray(rebin, dtype=np.int64), (n,)).copy()
 
     if H == S and W == S and (k == 1).all():  # the common path: nothing to move
         x0 = np.zeros(n)

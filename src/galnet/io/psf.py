@@ -12,8 +12,8 @@
   of the flux fell outside ``P x P``.
 - Rebinned stamps (:mod:`galnet.io.prepare`) get the PSF binned the same way: the binned
   effective PSF is the PSF convolved with the ``k x k`` comb of pixel centres, sampled every
-  ``k`` pixels (an exact block-sum for k = 3; for k = 2 the PSF is interpolated half a pixel
-  with GalSim's Quintic kernel).
+  ``k`` pixels (an exact block-sum for odd k; for even k the PSF is interpolated half a pixel
+  with GalSim's Quintic kernel), k = 1 .. 8.
 """
 
 from __future__ import annotations

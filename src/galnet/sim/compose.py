@@ -181,7 +181,8 @@ def render_stamps(params: dict[str, np.ndarray], psfs: np.ndarray, shape: tuple[
         return np.zeros((0, *shape), dtype=np.float32)
     from galnet.profiles.render import DEFAULT_CONFIG, render
 
-    config = replace(DEFAULT_CONFIG, window=_NUISANCE_WINDOW) if nuisance else DEFAULT_CONFIG
+    config = (replace(DEFAULT_CONFIG, window=_NUISANCE_WINDOW, edge_tol=None) if nuisance
+              else DEFAULT_CONFIG)
     cols = ("x", "y", "flux", "re_pix", "n", "q", "pa_deg")
     return render({k: params[k] for k in cols}, psfs, shape, dtype=np.float32, config=config)
 

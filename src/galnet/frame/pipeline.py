@@ -1,0 +1,407 @@
+"""Frame in, catalogue out: ``galnet predict --frame IMAGE --detect`` (and ``galnet fit``).
+
+:func:`run_frame` does the whole job on one frame:
+
+1. read the frame, its noise (weight / variance / sigma map, else photutils ``Background2D``)
+   and mask; a sky left in the image is removed with a warning (:mod:`galnet.frame.inputs`);
+2. detect and deblend the sources (photutils), or take ``positions``; sources below
+   ``snr_min`` are not modelled and their segments are masked (:mod:`galnet.frame.sources`);
+3. size a cutout to each source; the network's 61 x 61 input block-averages a larger source by
+   ``k`` = 2, 3, ... (flag ``REBINNED``), the PSF binned alike (:mod:`galnet.frame.stamps`);
+4. run GaLNet on every stamp: first parameters, mapped back to frame pixels;
+5. model the neighbours (:mod:`galnet.frame.neighbours`): every source's model is rendered at
+   native pixels into a frame-sized model image; each target is measured (and, with ``refine``,
+   fitted) on its native cutout with the other sources' model subtracted -- never masked;
+6. with ``refine``: the guarded fit (:func:`galnet.fitting.runner.fit`: network prior, centre
+   bound, accept-or-revert) at native pixels, as a block-coordinate (Gauss-Seidel) joint fit
+   over the frame (:func:`_refine`: overlapping sources fitted in turn, up to
+   :data:`REFINE_PASSES` passes, later ones only for sources whose neighbours' model moved by
+   more than :data:`REFIT_SIGMA`), then a last accept-or-revert against the network with the
+   final neighbours (:func:`_final_guard`; ``chi2nu_nn`` is on those same pixels);
+7. on the final models: ``chi2nu`` and ``snr`` on native pixels, the point-source test
+   (``POINT_SOURCE``, ``UNRESOLVED`` with the 95% upper limit as ``re_pix``, ``psf_mag``) and the
+   misfit flag (``MISFIT``); the catalogue (:mod:`galnet.frame.catalogue`) and, with
+   ``save_models``, the data / model (target + neighbours) / residual / mask of every cutout.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from galnet.errors import GalnetValueError
+from galnet.flags import LOW_SNR_LIMIT, Flag
+from galnet.frame.catalogue import count_neighbours, frame_catalog
+from galnet.frame.inputs import read_frame
+from galnet.frame.measure import fit_stats, point_and_misfit
+from galnet.frame.neighbours import (
+    ModelCanvas,
+    colour_batches,
+    footprints,
+    render_models,
+    safe_params,
+)
+from galnet.frame.refine import FIT_COLUMNS, fit_cutouts
+from galnet.frame.sources import find_sources, psf_fwhm_pix
+from galnet.frame.stamps import native_cutouts, native_psfs, network_stamps
+from galnet.presets import get_preset
+
+__all__ = ["run_frame", "REFIT_SIGMA"]
+
+log = logging.getLogger(__name__)
+
+#: A later refine pass refits a source when its neighbours' model changed by more than this many
+#: sigma, since its last fit, in some unmasked pixel of its footprint.
+REFIT_SIGMA = 0.5
+#: Block-coordinate passes of the refine over the frame.
+REFINE_PASSES = 4
+#: Sources whose models exceed this many sigma in overlapping boxes are fitted in turn.
+COUPLE_SIGMA = 0.5
+
+
+def _network(fd, psf, src, preset, model, device) -> tuple[dict, np.ndarray]:
+    """Frame-pixel network values and errors of every source, and their flags."""
+    from galnet.io.batch import to_input_coords
+    from galnet.nn.predict import predict_arrays
+
+    b = network_stamps(fd, psf, src.x, src.y, src.size, src.rebin, preset=preset, ids=src.ids)
+    r = predict_arrays(b.images, b.psfs, sigma=b.sigma, mask=b.mask, model=model, device=device,
+                       chi2=False)
+    out = {k: np.asarray(r[k], np.float64) for k in (*FIT_COLUMNS,
+                                                      *(f"{c}_err" for c in FIT_COLUMNS))}
+    out.update(to_input_coords(r, b))
+    out.pop("re_arcsec", None)
+    out.pop("re_arcsec_err", None)
+    out.pop("ra", None)
+    out.pop("dec", None)
+    flags = np.asarray(r["flags"], np.int64) | np.asarray(b.flags, np.int64)
+    return out, flags
+
+
+def _model(model, device):
+    from galnet.nn.model import GaLNet, load_model
+
+    if not isinstance(model, GaLNet):
+        model = load_model(model, device=device)
+    return model.folded() if hasattr(model, "folded") else model
+
+
+def _weights(model):
+    import os
+
+    from galnet.nn.model import DEFAULT_WEIGHTS
+
+    if model is None:
+        return DEFAULT_WEIGHTS
+    if isinstance(model, str | os.PathLike):
+        return Path(model)
+    return {"name": str(model.config.info.get("name", "galnet")), "sha256": None}
+
+
+class _Frame:
+    """The state of one run: sources, groups of cutouts, PSFs, the model canvas."""
+
+    def __init__(self, fd, src, psf, preset):
+        self.fd, self.src = fd, src
+        self.psfs, self.bad_psf = native_psfs(psf, src.x, src.y, preset.psf_size)
+        extra = src.unmodelled_mask()
+        self.groups = [native_cutouts(fd, np.flatnonzero(src.size == s), src.x, src.y, int(s),
+                                      extra) for s in np.unique(src.size)]
+        self.canvas = ModelCanvas(fd.shape)
+        self.own: list[np.ndarray] = []
+
+    def psf_of(self, index: np.ndarray) -> np.ndarray:
+        return self.psfs if self.psfs.shape[0] == 1 else self.psfs[index]
+
+    def render(self, params: dict, g, rows=None) -> np.ndarray:
+        """Models of group ``g`` (its rows ``rows``, all by default) from frame-px ``params``."""
+        rows = np.arange(len(g.index)) if rows is None else np.asarray(rows)
+        idx = g.index[rows]
+        return render_models(safe_params(params, idx), g.x0[rows], g.y0[rows], g.size,
+                             self.psf_of(idx))
+
+    def paint(self, params: dict) -> None:
+        """Render every source's model into the canvas."""
+        self.own = []
+        for g in self.groups:
+            m = self.render(params, g)
+            self.canvas.add(m, g.x0, g.y0)
+            self.own.append(m)
+
+    def replace(self, gi: int, params: dict, rows: np.ndarray) -> None:
+        """Re-render the sources ``rows`` (indices within group ``gi``) from ``params`` and
+        update the canvas (Gauss-Seidel)."""
+        g = self.groups[gi]
+        new = self.render(params, g, rows)
+        self.canvas.add(new - self.own[gi][rows], g.x0[rows], g.y0[rows])
+        self.own[gi][rows] = new
+
+    def network_models(self, nn: dict) -> list[np.ndarray]:
+        """The network's models of every group (rendered once)."""
+        if getattr(self, "_nn_models", None) is None:
+            self._nn_models = [self.render(nn, g) for g in self.groups]
+        return self._nn_models
+
+    def others(self, gi: int) -> np.ndarray:
+        g = self.groups[gi]
+        return self.canvas.others(self.own[gi], g.x0, g.y0)
+
+
+def _refine(st: _Frame, nn: dict, flags: np.ndarray, model, device) -> tuple[dict, dict]:
+    """Guarded fits, Gauss-Seidel over the frame; returns (params, refine columns).
+
+    Sources whose footprints (model above :data:`COUPLE_SIGMA` sigma) overlap get different
+    colours (:func:`colour_batches`); one colour is fitted at a time and the canvas updated
+    before the next, so no source is fitted against a neighbour that moves in the same batch.
+    Pass 1 fits everything; later passes (up to :data:`REFINE_PASSES`) only the sources whose
+    neighbours' model changed by more than :data:`REFIT_SIGMA` sigma since their last fit in
+    some unmasked pixel of their own footprint (own model above :data:`COUPLE_SIGMA` sigma).
+    Every fit starts from the network's values (its prior, its centre bound, guarded against
+    it) with the current neighbours subtracted."""
+    N = len(st.src)
+    params = {k: v.copy() for k, v in nn.items()}
+    extra = {"niter": np.zeros(N, np.int64), "converged": np.zeros(N, bool),
+             "chi2nu_nn": np.full(N, np.nan)}
+    colour = np.zeros(N, np.int64)
+    boxes = np.concatenate([footprints(st.own[gi], g.x0, g.y0,
+                                       COUPLE_SIGMA * np.median(g.sigma, axis=(1, 2)))
+                            for gi, g in enumerate(st.groups)])
+    order = np.concatenate([g.index for g in st.groups])
+    colour[order] = colour_batches(boxes)
+    before = [np.zeros_like(g.data, dtype=np.float64) for g in st.groups]
+    for pass_ in range(1, 1 + REFINE_PASSES):
+        n_fit = 0
+        for c in range(int(colour.max()) + 1):
+            for gi, g in enumerate(st.groups):
+                rows = np.flatnonzero(colour[g.index] == c)
+                if rows.size == 0:
+                    continue
+                others = st.canvas.others(st.own[gi][rows], g.x0[rows], g.y0[rows])
+                if pass_ > 1:
+                    change = np.abs(others - before[gi][rows]) / g.sigma[rows]
+                    # where it matters: the source's own footprint, unmasked
+                    change[g.mask[rows] | (st.own[gi][rows] < COUPLE_SIGMA * g.sigma[rows])] = 0
+                    moved = change.reshape(rows.size, -1).max(axis=1) > REFIT_SIGMA
+                    rows, others = rows[moved], others[moved]
+                    if rows.size == 0:
+                        continue
+                idx = g.index[rows]
+                r = fit_cutouts(st.fd, _Sub(g, rows), st.psf_of(idx),
+                                {k: v[idx] for k, v in nn.items()}, others,
+                                ids=st.src.ids[idx], flags=flags[idx], model=model,
+                                device=device)
+                for k in nn:
+                    params[k][idx] = r[k]
+                flags[idx] = r["flags"]
+                extra["niter"][idx] += np.asarray(r["niter"], np.int64)
+                extra["converged"][idx] = r["converged"]
+                extra["chi2nu_nn"][idx] = r["chi2nu_nn"]
+                before[gi][rows] = others  # the neighbours each source was fitted with
+                st.replace(gi, params, rows)
+                n_fit += rows.size
+        log.info("refine pass %d: %d sources fitted (%d colours)", pass_, n_fit,
+                 int(colour.max()) + 1)
+        if n_fit == 0:
+            break
+    return params, extra
+
+
+def _final_guard(st: _Frame, nn: dict, params: dict, flags: np.ndarray) -> int:
+    """Accept or revert at frame level: with the *final* neighbours, a source whose fitted model
+    fits its cutout worse than the network's parameters gets the network's values back (errors:
+    the network's; flag ``REVERTED``) and the canvas is updated. Returns the number reverted."""
+    n = 0
+    for gi, g in enumerate(st.groups):
+        others = st.others(gi)
+        c_fit = fit_stats(g.data, g.sigma, g.mask, st.own[gi], others)[0]
+        c_nn = fit_stats(g.data, g.sigma, g.mask, st.network_models(nn)[gi], others)[0]
+        with np.errstate(invalid="ignore"):
+            rows = np.flatnonzero(c_fit > c_nn * (1 + 1e-6))
+        if rows.size == 0:
+            continue
+        idx = g.index[rows]
+        for k in nn:
+            params[k][idx] = nn[k][idx]
+        flags[idx] |= int(Flag.REVERTED)
+        flags[idx] &= ~np.int64(Flag.BOUND_HIT | Flag.N_AT_BOUND | Flag.FIT_NOT_CONVERGED)
+        st.replace(gi, params, rows)
+        n += rows.size
+    return n
+
+
+class _Sub:
+    """The rows ``rows`` of a group of cutouts (the attributes the refine reads)."""
+
+    def __init__(self, g, rows):
+        self.index, self.size = g.index[rows], g.size
+        for k in ("data", "sigma", "mask", "x0", "y0", "edge"):
+            setattr(self, k, getattr(g, k)[rows])
+
+
+def _measure(st: _Frame, params: dict, flags: np.ndarray, fwhm: float, nn=None) -> dict:
+    """chi2nu, snr, the point-source test and the misfit flag of every source (frame order);
+    with ``nn``, also ``chi2nu_nn``: the network's parameters against the same pixels and the
+    same (final) neighbours."""
+    N = len(st.src)
+    keys = ("chi2nu", "snr", "psf_mag", "psf_mag_err", "rff", "rff_err", "asym", "asym_err",
+            "chi2nu_in", "re_upper")
+    out = {k: np.full(N, np.nan) for k in (*keys, "chi2nu_nn")}
+    for gi, g in enumerate(st.groups):
+        others = st.others(gi)
+        own = st.own[gi]
+        c2, snr = fit_stats(g.data, g.sigma, g.mask, own, others)
+        idx = g.index
+        out["chi2nu"][idx], out["snr"][idx] = c2, snr
+        if nn is not None:
+            out["chi2nu_nn"][idx] = fit_stats(g.data, g.sigma, g.mask,
+                                              st.network_models(nn)[gi], others)[0]
+        sp = {k: np.asarray(params[k], float)[idx] for k in
+              ("re_pix", "re_pix_err", "n", "q", "pa_deg")}
+        sp["x"] = params["x"][idx] - g.x0
+        sp["y"] = params["y"][idx] - g.y0
+        sp.update(chi2nu=c2, snr=snr)
+        q = point_and_misfit(g.data, g.sigma, g.mask, own, others, st.psf_of(idx), sp,
+                             fwhm=fwhm, zeropoint=st.fd.zeropoint)
+        for k in keys[2:]:
+            out[k][idx] = q[k]
+        flags[idx] |= np.where(q["point"], int(Flag.POINT_SOURCE), 0)
+        flags[idx] |= np.where(q["unresolved"], int(Flag.UNRESOLVED), 0)
+        flags[idx] |= np.where(q["misfit"], int(Flag.MISFIT), 0)
+    with np.errstate(invalid="ignore"):
+        flags |= np.where(out["snr"] < LOW_SNR_LIMIT, int(Flag.LOW_SNR), 0)
+    return out
+
+
+def _save(path, st: _Frame, overwrite: bool, meta: dict) -> None:
+    from galnet.io.models import ModelWriter
+
+    with ModelWriter(path, overwrite=overwrite) as w:
+        for gi, g in enumerate(st.groups):
+            idx = g.index
+            w.add_arrays(ids=st.src.ids[idx], data=g.data, model=st.own[gi] + st.others(gi),
+                         mask=g.mask, x0=g.x0, y0=g.y0, rebin=np.ones(len(idx), np.int64),
+                         input_x=st.src.x[idx], input_y=st.src.y[idx], wcs=st.fd.wcs,
+                         sigma=g.sigma)
+        w.meta = meta
+
+
+def run_frame(frame, psf, out=None, *, detect: bool = True, positions=None, weight=None,
+              variance=None, sigma=None, frame_mask=None, refine: bool = False,
+              pixel_scale: float | None = None, zeropoint: float | None = None,
+              preset="hsc-r", model=None, device="cpu", save_models=None, snr_min: float = 5.0,
+              progress: bool = True, overwrite: bool = False, command=None):
+    """Catalogue of the galaxies of a frame (see the module docstring for the steps).
+
+    Parameters
+    ----------
+    frame : path of a FITS image (``path[N]`` picks HDU N) or a 2-D array (image units).
+    psf : PSF image, cube (one per position) or PSFEx model (evaluated at each source).
+    out : catalogue path (.ecsv / .fits / .parquet, written atomically) or None.
+    detect : find the sources (photutils) [True]; ``positions`` (catalogue path or table with
+        ``x, y`` 0-based frame px or ``ra, dec`` deg; or (N, 2) array) replaces the detection.
+    weight, variance, sigma : one noise map (inverse variance, variance or 1-sigma; path or
+        array of the frame's shape) [default: the frame file's SIGMA / IVAR extension, else
+        photutils Background2D].
+    frame_mask : nonzero = unusable pixel (path or array) [default: the MASK extension].
+    refine : the guarded forward-model fit with the neighbours modelled.
+    pixel_scale, zeropoint : arcsec/px and AB mag of one image unit [default: header / WCS,
+        else the preset's].
+    preset, model, device : survey preset, GaLNet weights, torch device.
+    save_models : FITS path for the data / model / residual / mask of every cutout.
+    snr_min : sources detected with a lower S/N are not modelled (their pixels are masked).
+    progress : log the steps.   overwrite : replace existing outputs.
+    command : the command line for the provenance [default: sys.argv].
+
+    Returns
+    -------
+    astropy QTable (:mod:`galnet.frame.catalogue`); ``meta['provenance']``, ``meta['frame']``.
+    """
+    from galnet.io.catalog import catalog_format, provenance, write_catalog
+    from galnet.io.files import check_writable
+    from galnet.runner import resolve_device
+
+    if out is not None:
+        catalog_format(out)
+        check_writable(out, overwrite)
+    if save_models is not None:
+        check_writable(save_models, overwrite)
+    if not detect and positions is None:
+        raise GalnetValueError("give positions or detect=True", "positions")
+    if not (np.isfinite(snr_min) and snr_min >= 0):
+        raise GalnetValueError(f"snr_min must be a number >= 0, got {snr_min!r}", "snr_min")
+    t0 = time.perf_counter()
+    preset = get_preset(preset)
+    dev = resolve_device(device)
+    say = log.info if progress else log.debug
+    fd = read_frame(frame, weight=weight, variance=variance, sigma=sigma, frame_mask=frame_mask,
+                    pixel_scale=pixel_scale, zeropoint=zeropoint, preset=preset)
+    H, W = fd.shape
+    centre_psf, _ = native_psfs(psf, [(W - 1) / 2], [(H - 1) / 2], preset.psf_size)
+    fwhm = psf_fwhm_pix(centre_psf[0])
+    src = find_sources(fd, fwhm=fwhm, stamp=preset.stamp, detect=positions is None,
+                       positions=positions, snr_min=snr_min)
+    if len(src) == 0:
+        raise GalnetValueError(f"{fd.name}: no source detected with S/N >= {snr_min:g}",
+                               "frame")
+    say("%s: %d sources (%.1f s)", fd.name, len(src), time.perf_counter() - t0)
+    net = _model(model, dev)
+    nn, flags = _network(fd, psf, src, preset, net, dev)
+    st = _Frame(fd, src, psf, preset)
+    flags |= np.where(st.bad_psf, int(Flag.BAD_PSF), 0)
+    for g in st.groups:
+        flags[g.index[g.edge]] |= int(Flag.EDGE)
+    st.paint(nn)
+    say("network done (%.1f s)", time.perf_counter() - t0)
+    extra: dict = {}
+    params = nn
+    if refine:
+        params, extra = _refine(st, nn, flags, net, dev)
+        n_rev = _final_guard(st, nn, params, flags)
+        say("refine done (%.1f s; %d reverted to the network)", time.perf_counter() - t0, n_rev)
+    m = _measure(st, params, flags, fwhm, nn if refine else None)
+    if refine:
+        extra["chi2nu_nn"] = m["chi2nu_nn"]
+    res = {k: np.asarray(params[k], float).copy() for k in params}
+    res["chi2nu"], res["snr"] = m["chi2nu"], m["snr"]
+    unres = (flags & int(Flag.UNRESOLVED)) != 0
+    res["re_pix"] = np.where(unres & np.isfinite(m["re_upper"]), m["re_upper"], res["re_pix"])
+    bad = ~np.all([np.isfinite(res[k]) & np.isfinite(res[f"{k}_err"]) for k in FIT_COLUMNS],
+                  axis=0)
+    flags |= np.where(bad, int(Flag.NONFINITE), 0)
+    x0 = np.empty(len(src), np.int64)
+    y0 = np.empty(len(src), np.int64)
+    for g in st.groups:
+        x0[g.index], y0[g.index] = g.x0, g.y0
+    extra.update({k: m[k] for k in ("psf_mag", "psf_mag_err", "rff", "rff_err", "asym",
+                                    "asym_err", "chi2nu_in")},
+                 n_neighbours=count_neighbours(params["x"], params["y"], x0, y0, src.size),
+                 cutout=src.size, rebin=src.rebin)
+    options = {"detect": positions is None, "refine": bool(refine), "snr_min": float(snr_min),
+               "preset": preset.name, "device": str(device), "pixel_scale": pixel_scale,
+               "zeropoint": zeropoint, "save_models": None if save_models is None
+               else str(save_models)}
+    inputs = {k: (str(v) if isinstance(v, str | Path) else "<array>") for k, v in
+              (("frame", frame), ("psf", psf), ("positions", positions), ("weight", weight),
+               ("variance", variance), ("sigma", sigma), ("frame_mask", frame_mask))
+              if v is not None}
+    sources = {k: str(fd.meta[f"{k}_source"]) for k in ("zeropoint", "pixel_scale")
+               if f"{k}_source" in fd.meta}
+    for k, v in sources.items():
+        if v.startswith("preset"):
+            log.warning("%s not given and not in the frame header: using the %s default", k, v)
+    meta = {"model": "galnet frame" + (" refine" if refine else ""),
+            "provenance": provenance(command=command, inputs=inputs, weights=_weights(model),
+                                     options=options, sources=sources),
+            "frame": {k: v for k, v in fd.meta.items() if not k.endswith("_source")}}
+    meta["frame"]["psf_fwhm_pix"] = float(fwhm)
+    t = frame_catalog(fd, src.ids, res, flags, extra, meta)
+    if save_models is not None:
+        _save(save_models, st, overwrite, {"provenance": meta["provenance"]})
+    if out is not None:
+        write_catalog(t, out, overwrite=overwrite)
+    dt = time.perf_counter() - t0
+    say("%d sources in %.1f s (%.0f galaxies/s)", len(t), dt, len(t) / dt)
+    return t
