@@ -239,7 +239,7 @@ def _frame_run(a: argparse.Namespace, refine: bool) -> int:
                   frame_mask=a.frame_mask if a.frame_mask is not None else a.mask,
                   refine=refine, pixel_scale=a.pixel_scale, zeropoint=a.zeropoint,
                   preset=a.preset, model=a.model, device=a.device, save_models=models,
-                  snr_min=a.snr_min, progress=_progress(a))
+                  snr_min=a.snr_min, gain=a.gain, progress=_progress(a))
     _report(t, a.out, time.perf_counter() - t0)
     return 0
 
@@ -299,6 +299,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
     _frame_checks(a, {"--no-chi2": a.no_chi2})
     if a.frame is not None:
         return _frame_run(a, refine=a.refine)
+    if a.gain is not None:
+        raise UsageError("galnet predict takes --gain with --frame only (for stamps: galnet fit "
+                         "--gain, or a sigma map that includes the source noise)")
     kw = _inputs(a)
     models, new_dir = _models_file(a)
     t0 = time.perf_counter()
@@ -325,7 +328,7 @@ def cmd_fit(a: argparse.Namespace) -> int:
     if a.nn_prior and a.no_prior:
         raise UsageError("--nn-prior and --no-prior contradict each other")
     _frame_checks(a, {"--init " + str(a.init): a.init != "nn", "--sky flat": a.sky != "none",
-                      "--gain": a.gain is not None, "--no-prior": a.no_prior,
+                      "--no-prior": a.no_prior,
                       "--scale-errors": a.scale_errors, "--dtype float64": a.dtype != "float32"})
     if a.frame is not None:
         return _frame_run(a, refine=True)

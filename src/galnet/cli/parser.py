@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--refine", action="store_true",
                     help="refine the network's parameters with the forward-model fit "
                          "(the catalogue of galnet fit --init nn)")
+    pd.add_argument("--gain", type=positive_float, default=None,
+                    help="with --frame: e-/image unit; adds the sources' Poisson noise to the "
+                         "frame's sky noise for the fits, chi2nu and MISFIT")
     pd.add_argument("--chunk", type=positive_int, default=4096, help="stamps per chunk [4096]")
     pd.set_defaults(func=c.cmd_predict)
 
@@ -201,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not mask neighbours (photutils detection + deblending)")
     ft.add_argument("--gain", type=positive_float, default=None,
                     help="e-/image unit: add the source's Poisson noise to the weights when "
-                         "there is no sigma map")
+                         "there is no sigma map; with --frame: added to the frame noise")
     ft.add_argument("--nn-prior", action="store_true",
                     help="MAP fit: the network's values and errors as a Gaussian prior on "
                          "re, n, the ellipticity and the centre (with --init nn; the default)")

@@ -35,7 +35,7 @@ import numpy as np
 from galnet.errors import GalnetValueError
 from galnet.flags import LOW_SNR_LIMIT, Flag
 from galnet.frame.catalogue import count_neighbours, frame_catalog
-from galnet.frame.inputs import read_frame
+from galnet.frame.inputs import add_source_noise, read_frame
 from galnet.frame.measure import fit_stats, point_and_misfit
 from galnet.frame.neighbours import (
     ModelCanvas,
@@ -292,7 +292,8 @@ def run_frame(frame, psf, out=None, *, detect: bool = True, positions=None, weig
               variance=None, sigma=None, frame_mask=None, refine: bool = False,
               pixel_scale: float | None = None, zeropoint: float | None = None,
               preset="hsc-r", model=None, device="cpu", save_models=None, snr_min: float = 5.0,
-              progress: bool = True, overwrite: bool = False, command=None):
+              gain: float | None = None, progress: bool = True, overwrite: bool = False,
+              command=None):
     """Catalogue of the galaxies of a frame (see the module docstring for the steps).
 
     Parameters
@@ -312,6 +313,10 @@ def run_frame(frame, psf, out=None, *, detect: bool = True, positions=None, weig
     preset, model, device : survey preset, GaLNet weights, torch device.
     save_models : FITS path for the data / model / residual / mask of every cutout.
     snr_min : sources detected with a lower S/N are not modelled (their pixels are masked).
+    gain : e- per image unit: adds the sources' Poisson noise to the frame's sky noise for the
+        fits, chi2nu and the misfit test (:func:`galnet.frame.inputs.add_source_noise`)
+        [default: none; a weight or sky-only noise map then understates the noise on bright
+        sources: their chi2nu is high and MISFIT fires too often].
     progress : log the steps.   overwrite : replace existing outputs.
     command : the command line for the provenance [default: sys.argv].
 
@@ -332,6 +337,9 @@ def run_frame(frame, psf, out=None, *, detect: bool = True, positions=None, weig
         raise GalnetValueError("give positions or detect=True", "positions")
     if not (np.isfinite(snr_min) and snr_min >= 0):
         raise GalnetValueError(f"snr_min must be a number >= 0, got {snr_min!r}", "snr_min")
+    if gain is not None and not (isinstance(gain, int | float) and np.isfinite(gain) and gain > 0):
+        raise GalnetValueError(f"gain must be a positive number (e-/image unit), got {gain!r}",
+                               "gain")
     t0 = time.perf_counter()
     preset = get_preset(preset)
     dev = resolve_device(device)
@@ -343,6 +351,8 @@ def run_frame(frame, psf, out=None, *, detect: bool = True, positions=None, weig
     fwhm = psf_fwhm_pix(centre_psf[0])
     src = find_sources(fd, fwhm=fwhm, stamp=preset.stamp, detect=positions is None,
                        positions=positions, snr_min=snr_min)
+    if gain is not None:  # after detection: its thresholds are in units of the sky noise
+        fd = add_source_noise(fd, gain)
     if len(src) == 0:
         raise GalnetValueError(f"{fd.name}: no source detected with S/N >= {snr_min:g}",
                                "frame")
@@ -380,6 +390,7 @@ def run_frame(frame, psf, out=None, *, detect: bool = True, positions=None, weig
                  n_neighbours=count_neighbours(params["x"], params["y"], x0, y0, src.size),
                  cutout=src.size, rebin=src.rebin)
     options = {"detect": positions is None, "refine": bool(refine), "snr_min": float(snr_min),
+               "gain": None if gain is None else float(gain),
                "preset": preset.name, "device": str(device), "pixel_scale": pixel_scale,
                "zeropoint": zeropoint, "save_models": None if save_models is None
                else str(save_models)}
