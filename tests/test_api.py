@@ -323,3 +323,14 @@ def test_fit_bad_options(cube):
         galnet.fit(cube, PSF, sky="plane")
     with pytest.raises(GalnetValueError, match="refine does not combine with chi2=False"):
         galnet.predict(cube, PSF, refine=True, chi2=False)
+
+
+def test_fit_records_the_prior_it_used(cube, tiny_model):
+    """The network prior is on by default (docs/fit.md "The guard"); ``nn_prior=False`` (its old
+    name) turns it off, and the provenance says which (it used to say False while it was on)."""
+    sig = np.full_like(cube[:2], SIGMA)
+    on = galnet.fit(cube[:2], PSF, sig, model=tiny_model, zeropoint=ZP)
+    off = galnet.fit(cube[:2], PSF, sig, model=tiny_model, zeropoint=ZP, nn_prior=False)
+    assert on.meta["provenance"]["options"]["prior"] is True
+    assert off.meta["provenance"]["options"]["prior"] is False
+    assert on.meta["fit"]["prior"] is True and off.meta["fit"]["prior"] is False

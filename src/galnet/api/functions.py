@@ -171,7 +171,8 @@ def predict(images, psf, sigma=None, mask=None, *, ivar=None, pixel_scale: float
 def fit(images, psf, sigma=None, mask=None, *, init="nn", ivar=None,
         pixel_scale: float | None = None, zeropoint: float | None = None,
         preset: str | None = None, sky: str = "none", auto_mask_neighbours: bool = True,
-        gain: float | None = None, nn_prior: bool = False, scale_errors: bool = False,
+        gain: float | None = None, prior: bool = True, guard: bool = True,
+        nn_prior: bool | None = None, scale_errors: bool = False,
         model=None, device: str = "cpu", ids=None, psf_positions=None,
         rebin: str | int = "auto", chunk: int = 1024):
     """Forward-model Sérsic fits of galaxy stamps: ``galnet fit`` on arrays.
@@ -185,7 +186,11 @@ def fit(images, psf, sigma=None, mask=None, *, init="nn", ivar=None,
     sky : ``"none"`` or ``"flat"`` (also fit a constant sky). [default: "none"]
     auto_mask_neighbours : mask neighbours found around the first guess. [default: True]
     gain : e-/image unit: adds the source's Poisson noise when there is no sigma map.
-    nn_prior : with ``init="nn"``, the network's parameters as a Gaussian prior (MAP fit).
+    prior : with ``init="nn"``, the network's values and errors as a Gaussian prior (a MAP fit;
+        docs/fit.md "The guard"). [default: True]
+    guard : accept-or-revert against the network's parameters on the same pixels (flag
+        ``REVERTED``). [default: True]
+    nn_prior : the old name of ``prior``; when given it overrides ``prior``.
     scale_errors : multiply the errors by ``sqrt(chi2nu)``. [default: False]
 
     Returns
@@ -196,14 +201,15 @@ def fit(images, psf, sigma=None, mask=None, *, init="nn", ivar=None,
     """
     return _fit(images, psf, sigma, mask, init=init, ivar=ivar, pixel_scale=pixel_scale,
                 zeropoint=zeropoint, preset=preset, sky=sky,
-                auto_mask_neighbours=auto_mask_neighbours, gain=gain, nn_prior=nn_prior,
+                auto_mask_neighbours=auto_mask_neighbours, gain=gain,
+                prior=prior if nn_prior is None else bool(nn_prior), guard=guard,
                 scale_errors=scale_errors, model=model, device=device, ids=ids,
                 psf_positions=psf_positions, rebin=rebin, chunk=chunk, function="galnet.fit")
 
 
 def _fit(images, psf, sigma, mask, *, init="nn", ivar=None, pixel_scale=None, zeropoint=None,
-         preset=None, sky="none", auto_mask_neighbours=True, gain=None, nn_prior=False,
-         scale_errors=False, model=None, device="cpu", ids=None, psf_positions=None,
+         preset=None, sky="none", auto_mask_neighbours=True, gain=None, prior=True,
+         guard=True, scale_errors=False, model=None, device="cpu", ids=None, psf_positions=None,
          rebin="auto", chunk=1024, function: str):
     """:func:`fit`, recording ``function`` (the public call) in the provenance."""
     from galnet.fitting.problem import FitConfig
@@ -226,7 +232,8 @@ def _fit(images, psf, sigma, mask, *, init="nn", ivar=None, pixel_scale=None, ze
 
     def job(b):
         return fit_batch(b, init=init, sky=sky, auto_mask_neighbours=auto_mask_neighbours,
-                         gain=gain, model=net, device=dev, config=cfg, nn_prior=nn_prior)
+                         gain=gain, model=net, device=dev, config=cfg, prior=prior,
+                         guard=guard)
 
     return _run(job, images, psf, sigma, ivar, mask, pixel_scale=pixel_scale,
                 zeropoint=zeropoint, preset=preset, chunk=chunk, rebin=rebin, ids=ids,
@@ -234,5 +241,6 @@ def _fit(images, psf, sigma, mask, *, init="nn", ivar=None, pixel_scale=None, ze
                 options=dict(function=function, device=str(dev),
                              refine=function == "galnet.predict", init=init_name, sky=sky,
                              auto_mask_neighbours=auto_mask_neighbours, gain=gain,
-                             nn_prior=nn_prior, scale_errors=scale_errors, rebin=rebin,
+                             prior=bool(prior) and init_name == "nn", guard=guard,
+                             scale_errors=scale_errors, rebin=rebin,
                              chunk=chunk))
