@@ -6,7 +6,8 @@ is a Sérsic of :data:`POINT_RE` px, i.e. the PSF) is rendered on its own native
 (:func:`render_models`) and added into a :class:`ModelCanvas`. For target ``i`` the other
 sources' light in its cutout is ``canvas[cutout_i] - model_i`` (:meth:`ModelCanvas.others`):
 subtracted from the data before its fit, then the canvas is re-rendered and the targets fitted
-again. A source's light is rendered within its own cutout only (sized to hold it).
+again. A source's light is rendered on its cutout grid grown by ``pipeline.HALO`` px (16) on each
+side, so that its model does not end where its cutout ends.
 """
 
 from __future__ import annotations

@@ -101,6 +101,17 @@ def _weights(model):
     return {"name": str(model.config.info.get("name", "galnet")), "sha256": None}
 
 
+#: Pixels added on each side of a source's cutout when its model is rendered into the frame's
+#: model image, so that a neighbour's light does not end where its own cutout ends (visible as
+#: straight edges in the models of bright neighbours). Its own fit uses the central cutout.
+HALO = 16
+
+
+def _crop(m: np.ndarray) -> np.ndarray:
+    """The cutout grid (centre) of models rendered with :data:`HALO`."""
+    return np.ascontiguousarray(m[:, HALO:-HALO, HALO:-HALO])
+
+
 class _Frame:
     """The state of one run: sources, groups of cutouts, PSFs, the model canvas."""
 
@@ -111,33 +122,41 @@ class _Frame:
         self.groups = [native_cutouts(fd, np.flatnonzero(src.size == s), src.x, src.y, int(s),
                                       extra) for s in np.unique(src.size)]
         self.canvas = ModelCanvas(fd.shape)
-        self.own: list[np.ndarray] = []
+        self.own: list[np.ndarray] = []   # each source's model on its cutout grid
+        self.halo: list[np.ndarray] = []  # the same with HALO px around: what the canvas holds
 
     def psf_of(self, index: np.ndarray) -> np.ndarray:
         return self.psfs if self.psfs.shape[0] == 1 else self.psfs[index]
 
-    def render(self, params: dict, g, rows=None) -> np.ndarray:
-        """Models of group ``g`` (its rows ``rows``, all by default) from frame-px ``params``."""
+    def render_halo(self, params: dict, g, rows=None) -> np.ndarray:
+        """Models of group ``g`` (its rows ``rows``, all by default) from frame-px ``params``
+        on the cutout grid grown by :data:`HALO` px on each side (origin ``x0 - HALO``)."""
         rows = np.arange(len(g.index)) if rows is None else np.asarray(rows)
         idx = g.index[rows]
-        return render_models(safe_params(params, idx), g.x0[rows], g.y0[rows], g.size,
-                             self.psf_of(idx))
+        return render_models(safe_params(params, idx), g.x0[rows] - HALO, g.y0[rows] - HALO,
+                             g.size + 2 * HALO, self.psf_of(idx))
+
+    def render(self, params: dict, g, rows=None) -> np.ndarray:
+        """Models of group ``g`` on its cutout grid (the centre of :meth:`render_halo`)."""
+        return _crop(self.render_halo(params, g, rows))
 
     def paint(self, params: dict) -> None:
-        """Render every source's model into the canvas."""
-        self.own = []
+        """Render every source's model (with its halo) into the canvas."""
+        self.own, self.halo = [], []
         for g in self.groups:
-            m = self.render(params, g)
-            self.canvas.add(m, g.x0, g.y0)
-            self.own.append(m)
+            m = self.render_halo(params, g)
+            self.canvas.add(m, g.x0 - HALO, g.y0 - HALO)
+            self.halo.append(m)
+            self.own.append(_crop(m))
 
     def replace(self, gi: int, params: dict, rows: np.ndarray) -> None:
         """Re-render the sources ``rows`` (indices within group ``gi``) from ``params`` and
         update the canvas (Gauss-Seidel)."""
         g = self.groups[gi]
-        new = self.render(params, g, rows)
-        self.canvas.add(new - self.own[gi][rows], g.x0[rows], g.y0[rows])
-        self.own[gi][rows] = new
+        new = self.render_halo(params, g, rows)
+        self.canvas.add(new - self.halo[gi][rows], g.x0[rows] - HALO, g.y0[rows] - HALO)
+        self.halo[gi][rows] = new
+        self.own[gi][rows] = _crop(new)
 
     def network_models(self, nn: dict) -> list[np.ndarray]:
         """The network's models of every group (rendered once)."""
@@ -212,7 +231,24 @@ def _refine(st: _Frame, nn: dict, flags: np.ndarray, model, device) -> tuple[dic
 def _final_guard(st: _Frame, nn: dict, params: dict, flags: np.ndarray) -> int:
     """Accept or revert at frame level: with the *final* neighbours, a source whose fitted model
     fits its cutout worse than the network's parameters gets the network's values back (errors:
-    the network's; flag ``REVERTED``) and the canvas is updated. Returns the number reverted."""
+    the network's; flag ``REVERTED``) and the canvas is updated. A revert changes its
+    neighbours' neighbours, so the check repeats until nothing is reverted (a reverted source
+    equals the network and is never reverted again). Returns the number reverted."""
+    n = 0
+    for _ in range(_GUARD_ROUNDS):
+        k = _guard_round(st, nn, params, flags)
+        n += k
+        if k == 0:
+            break
+    return n
+
+
+#: Most rounds of the frame-level accept-or-revert (each round reverts at least one source).
+_GUARD_ROUNDS = 20
+
+
+def _guard_round(st: _Frame, nn: dict, params: dict, flags: np.ndarray) -> int:
+    """One pass of :func:`_final_guard` over the groups; returns the number reverted."""
     n = 0
     for gi, g in enumerate(st.groups):
         others = st.others(gi)
