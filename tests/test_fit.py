@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
+from psf_helpers import moffat
 
 from galnet.cli import main
 from galnet.errors import GalnetValueError
@@ -17,14 +18,6 @@ from galnet.io.catalog import catalog_columns
 from galnet.profiles.render import render
 
 KEYS = ("x", "y", "flux", "re_pix", "n", "q", "pa_deg")
-
-
-def moffat(size: int = 25, fwhm: float = 3.5, beta: float = 3.0) -> np.ndarray:
-    c = (size - 1) / 2
-    y, x = np.mgrid[:size, :size] - c
-    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
-    p = (1 + (x**2 + y**2) / alpha**2) ** -beta
-    return p / p.sum()
 
 
 def profiles(n: int, seed: int, shape=(61, 61)) -> dict[str, np.ndarray]:
