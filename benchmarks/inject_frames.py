@@ -17,7 +17,8 @@ weight and PSFEx model. Everything is injected into the frame as it is (sky left
   a PSF estimated here from bright isolated unsaturated stars of the frame (:func:`star_psf`:
   median of centred, unit-sum 25 x 25 cutouts), handed to galnet as the same FITS image. GalSim
   renders with **that same PSF image** as ``galsim.InterpolatedImage``
-  (``galsim_testset.galsim_stamp``: ``Convolve(Sersic, InterpolatedImage(psf))``, no_pixel).
+  (``galsim_testset.galsim_stamp``: ``Convolve(Sersic, InterpolatedImage(psf))``, no_pixel,
+  ``accuracy="injection"`` gsparams: < 1e-4 of the peak from the reference settings).
 - Galaxies: re 0.15-3" (log-uniform, along the major axis), n 0.5-6, q 0.2-1, PA uniform,
   S/N 10-500 (log-uniform; S/N = matched-filter S/N against the frame's sky noise,
   ``flux * sqrt(sum(m^2 / sigma^2))`` for the unit-flux model m); stars: the PSF only, S/N
@@ -27,10 +28,12 @@ weight and PSFEx model. Everything is injected into the frame as it is (sky left
 - Source Poisson noise: ``poisson(model * gain) / gain``; gain from the header (GAINA for DECam)
   when consistent with the sky (sky / rms^2 within x3 of it), else sky / rms^2 for a frame with
   a sky left in (CTIO), else ASSUMED ``sqrt(1000) / rms`` (a sky of 1000 e-/px; VST, whose
-  GAIN 1.59 does not fit its rescaled units, and KiDS). The weight map is not updated.
+  GAIN 1.59 does not fit its rescaled units, and KiDS). The weight map is not updated; the frame
+  mode is given that gain (``run_frame(gain=)``, as a user who knows it) unless ``--no-gain``.
 - Regimes (truth): ``large`` = the galaxy's 90 % light diameter + FWHM exceeds the 61 px network
   stamp (the frame mode must rebin it); ``neighbour`` = a real source within 3 re, or the centre
-  inside a real source's segment; ``isolated``.
+  inside a real source's segment, or on a real source's outskirts (:func:`pedestal`: median real
+  light > 0.5 sigma within max(3 re, 5 px)); ``isolated``.
 - Matching: nearest detection within max(1.5 px, 0.5 FWHM); detections that match a source of
   the catalogue of the un-injected frame (same frame mode) and no injection are dropped.
 
@@ -71,6 +74,9 @@ STAMP = 61
 PSF_SIZE = 25
 #: "auto": run_frame, the fallback when it cannot be imported; "frame"; "fallback".
 MODE = {"use": "auto", "why": ""}
+#: Hand the injection gain to the frame mode (``run_frame(gain=)``, as a user who knows it);
+#: ``--no-gain``: the frame's sky-only noise map (MISFIT and chi2nu then see the source noise).
+GAIN = {"pass": True}
 
 
 @dataclass
@@ -109,18 +115,31 @@ class Frame:
 def detect_real(data: np.ndarray, sigma: np.ndarray, bad: np.ndarray, fwhm: float = 3.0,
                 nsigma: float = 2.0, deblend: bool = True):
     """photutils detection (+ deblending) on ``data`` minus a Background2D sky: astropy table
-    (x, y, flux, snr, fwhm, peak, label), the segmentation array and the sky map."""
+    (x, y, flux, snr, fwhm, peak, label), the segmentation array and the sky map.
+
+    The sky is made in two passes: a first Background2D (boxes of 16-64 px) finds the sources;
+    the second (boxes of 32-128 px) masks them, grown by 5 px, so that the outskirts of a large
+    galaxy stay in the image (a real pedestal for what is injected on it) rather than in the
+    sky."""
     from astropy.convolution import Gaussian2DKernel, convolve
     from photutils.background import Background2D
     from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources
+    from scipy.ndimage import binary_dilation
 
-    box = int(max(16, min(64, min(data.shape) // 4)))
-    sky = Background2D(data, box, mask=bad, filter_size=3).background
-    img = np.where(bad, 0.0, data - sky)
     k = Gaussian2DKernel(max(fwhm, 1.0) / 2.355, x_size=9, y_size=9)
     k.normalize()
+    box = int(max(16, min(64, min(data.shape) // 4)))
+    sky = Background2D(data, box, mask=bad, filter_size=3).background
+    thr = nsigma * np.where(bad, np.inf, sigma)
+    seg = detect_sources(convolve(np.where(bad, 0.0, data - sky), k), thr, n_pixels=5, mask=bad)
+    if seg is not None:
+        box2 = int(max(32, min(128, min(data.shape) // 4)))
+        grown = binary_dilation(seg.data != 0, iterations=5)
+        sky = Background2D(data, box2, mask=bad | grown, filter_size=3,
+                           exclude_percentile=50.0).background
+    img = np.where(bad, 0.0, data - sky)
     sm = convolve(img, k)
-    seg = detect_sources(sm, nsigma * np.where(bad, np.inf, sigma), n_pixels=5, mask=bad)
+    seg = detect_sources(sm, thr, n_pixels=5, mask=bad)
     if seg is None:
         from astropy.table import Table
 
@@ -304,7 +323,7 @@ def render(p: dict, psf: np.ndarray, half: int, star: bool) -> np.ndarray:
         ii = galsim.InterpolatedImage(galsim.Image(psf / psf.sum(), scale=1.0))
         return ii.shift(p["x"] - half, p["y"] - half).drawImage(
             nx=S, ny=S, scale=1.0, method="no_pixel").array
-    return galsim_stamp({**p, "flux": 1.0}, psf, (S, S))[0]
+    return galsim_stamp({**p, "flux": 1.0}, psf, (S, S), accuracy="injection")[0]
 
 
 def inject(rng, fr: Frame, obj: dict, pos: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -337,10 +356,27 @@ def inject(rng, fr: Frame, obj: dict, pos: np.ndarray) -> tuple[np.ndarray, dict
     d_real = (np.min(np.hypot(t["x"][:, None] - fr.real[:, 0], t["y"][:, None] - fr.real[:, 1]),
                      axis=1) if len(fr.real) else np.full(len(t["x"]), np.inf))
     on_real = fr.seg[np.round(t["y"]).astype(int), np.round(t["x"]).astype(int)] != 0
+    on_real |= pedestal(fr, t["x"], t["y"], t["re_pix"])
     large = 2 * r90(t["re_pix"], t["n"]) + fr.fwhm > STAMP
     t["regime"] = np.where(t["kind"] == 1, "star", np.where(large, "large", np.where(
         (d_real <= 3 * t["re_pix"]) | on_real, "neighbour", "isolated")))
     return img, t
+
+
+def pedestal(fr: Frame, x, y, re, level: float = 0.5) -> np.ndarray:
+    """True where the real frame's light (data - sky, in sky sigma) has a median above ``level``
+    within max(3 re, 5 px) of (x, y): the object sits on a real source's outskirts (a galaxy's
+    disc, a star's halo) even where no segment is detected there."""
+    (H, W), out = fr.data.shape, np.zeros(len(x), bool)
+    light = (fr.data - fr.sky) / np.where(np.isfinite(fr.sigma), fr.sigma, np.inf)
+    for i in range(len(x)):
+        r = max(3.0 * float(re[i]), 5.0)
+        ya, yb = max(int(y[i] - r), 0), min(int(y[i] + r) + 1, H)
+        xa, xb = max(int(x[i] - r), 0), min(int(x[i] + r) + 1, W)
+        yy, xx = np.mgrid[ya:yb, xa:xb]
+        win = (np.hypot(xx - x[i], yy - y[i]) <= r) & ~fr.bad[ya:yb, xa:xb]
+        out[i] = win.any() and float(np.median(light[ya:yb, xa:xb][win])) > level
+    return out
 
 
 def _write(path: Path, arr: np.ndarray, header=None) -> str:
@@ -366,7 +402,7 @@ def run_mode(fr: Frame, img: np.ndarray, tmp: Path, tag: str, refine: bool):
 
             cat = run_frame(frame, psf, out, detect=True, weight=weight, refine=refine,
                             pixel_scale=fr.scale, zeropoint=0.0, progress=False,
-                            overwrite=True)
+                            overwrite=True, gain=fr.gain if GAIN["pass"] else None)
             return cat, time.perf_counter() - t0, "run_frame --detect"
         except ImportError as err:
             if MODE["use"] == "frame":
@@ -472,15 +508,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="frame mode: run_frame (fallback if not importable), or force one")
     ap.add_argument("--out-json", default=None)
     ap.add_argument("--out-md", default=None)
+    ap.add_argument("--out-rows", default=None, help="per-object truth + measurements (.npz)")
+    ap.add_argument("--no-gain", action="store_true",
+                    help="do not give the frame mode the injection gain (sky-only noise)")
     a = ap.parse_args(argv)
+    GAIN["pass"] = not a.no_gain
     import torch
 
     torch.set_num_threads(1)
     MODE["use"] = a.mode
     n, per = (60, 12) if a.quick else (a.n_galaxies, a.per_frame)
     t0 = time.perf_counter()
-    _, s = run(Path(a.data), a.frames, n, a.seed, not a.no_refine, per,
-               log=lambda m: print(m, file=sys.stderr, flush=True))
+    rows, s = run(Path(a.data), a.frames, n, a.seed, not a.no_refine, per,
+                  log=lambda m: print(m, file=sys.stderr, flush=True))
+    if a.out_rows:
+        np.savez(a.out_rows, **rows)
     s["command"], s["wall_s"] = " ".join(sys.argv), time.perf_counter() - t0
     text = json.dumps(s, indent=1, default=float)
     print(f"# {s['command']}\n# mode: {s.get('mode')}; {s['N_galaxies']} galaxies, "

@@ -13,7 +13,9 @@ measurement counts as one), catastrophic among objects without a problem flag
 (:data:`PROBLEM`), the fraction of catastrophic cases flagged, refine chi2nu <= network chi2nu
 (the refine's ``chi2nu_nn`` column when it has one, else the network run's chi2nu), the fraction
 the frame mode rebinned; stars with S/N > 50 flagged POINT_SOURCE; galaxies with
-re >= FWHM / 2 flagged POINT_SOURCE.
+re >= FWHM / 2 flagged POINT_SOURCE; the same R2 / outliers on the rows whose re is measured
+(``res_``: not flagged UNRESOLVED / POINT_SOURCE, whose re_pix is a 95 % upper limit), how often
+such a limit is >= the true re, and the MISFIT rate (every injected galaxy is one Sérsic).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from galnet.stats import OUTLIER_REL, r2_score
 
 #: Flags that say "do not trust this measurement" (REBINNED, PADDED, REVERTED only inform).
 PROBLEM = int(sum(f for f in Flag if f not in (Flag.REBINNED, Flag.PADDED, Flag.REVERTED)))
+#: Rows whose re_pix is an upper limit, not a measurement.
+UPPER = int(Flag.UNRESOLVED | Flag.POINT_SOURCE)
 #: Completeness bins of S/N.
 SNR_BINS = (10, 20, 50, 100, 200, 500)
 #: |dre| / re above this is catastrophic.
@@ -108,6 +112,21 @@ def param_metrics(t: dict, sel: np.ndarray, p: str) -> dict:
     out.update(catastrophic=_frac(cat), catastrophic_unflagged=_frac(cat[~problem]),
                flagged=_frac(problem), n_catastrophic=int(cat.sum()),
                flags_catch_catastrophic=_frac(problem[cat]))
+    # re measured (not an upper limit): R2 and outliers on those rows; upper limits checked
+    flags = t[f"{p}flags"][sel]
+    upper = (flags & UPPER) != 0
+    res = fin & ~upper
+    out["upper_limit"] = _frac(upper)
+    out["upper_limit_ok"] = _frac(re_m[upper & fin] >= re_t[upper & fin])
+    out["N_resolved"] = int(res.sum())
+    for k, log in (("re_pix", True), ("n", True), ("q", False)):
+        a, b = t[k][sel][res], t[f"{p}{k}"][sel][res]
+        out[f"res_r2_{'log_' if log else ''}{k.split('_')[0]}"] = (
+            r2_score(np.log10(a), np.log10(b)) if log else r2_score(a, b)) if res.sum() > 1 \
+            else math.nan
+        out[f"res_outlier_{k.split('_')[0]}"] = _frac(np.abs(b / a - 1) > OUTLIER_REL)
+    out["res_catastrophic"] = _frac(cat[res])
+    out["misfit"] = _frac((flags & int(Flag.MISFIT)) != 0)
     return out
 
 
@@ -151,6 +170,17 @@ def markdown(s: dict) -> str:
             v = [f"{r[p][k]:.3f}" if isinstance(r[p][k], float) else str(r[p][k]) for k in keys]
             lines.append(f"| {reg} | {p[:-1]} | " + " | ".join(v) +
                          f" | {r['refine_chi2nu_le_network']:.3f} |")
+    keys = ("N_resolved", "res_r2_log_re", "res_r2_log_n", "res_r2_q", "res_outlier_re",
+            "res_outlier_n", "res_outlier_q", "res_catastrophic", "upper_limit", "upper_limit_ok",
+            "misfit")
+    lines += ["", "re measured (rows not flagged UNRESOLVED / POINT_SOURCE, whose re_pix is an "
+              "upper limit); upper_limit_ok: the limit >= the true re; misfit: MISFIT raised on "
+              "these single-Sersic galaxies", "",
+              "| regime | run | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    for reg, r in s["regimes"].items():
+        for p in ("net_", "ref_"):
+            v = [f"{r[p][k]:.3f}" if isinstance(r[p][k], float) else str(r[p][k]) for k in keys]
+            lines.append(f"| {reg} | {p[:-1]} | " + " | ".join(v) + " |")
     lines += ["", "| regime | rebinned by the frame mode |", "|---|---|"]
     lines += [f"| {k} | {r['rebinned']:.3f} |" for k, r in s["regimes"].items()]
     lines += ["", "| quantity | network | refine |", "|---|---|---|"]

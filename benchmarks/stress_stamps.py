@@ -22,7 +22,8 @@ sky-noise map) or ``sqrt(1 + model / gain)`` (``--sigma source``); the PSF with 
 times 0.95 or 1.05 (at random; :func:`dilate_psf`): 5 % too narrow or too wide.
 ``galnet.predict`` and ``galnet.predict(refine=True)`` run on all stamps. Regimes as in
 inject_frames (``large``: 90 % light diameter + FWHM > 61 px, here light cut off by the stamp;
-``neighbour``: a real source's segment within 3 re of the centre). Metrics:
+``neighbour``: a real source's segment within 3 re of the centre, or a median real light
+> 0.5 sigma within max(3 re, 5 px): the galaxy sits on a real source's outskirts). Metrics:
 :func:`inject_metrics.summarise` (every stamp is "detected").
 """
 
@@ -82,7 +83,8 @@ def make_stamps(data_dir: Path, n: int, frames: list[str], rng: np.random.Genera
         x, y = h + rng.uniform(-0.5, 0.5), h + rng.uniform(-0.5, 0.5)
         psf = fr.psf_at(X, Y)
         m = galsim_stamp({"x": x, "y": y, "flux": 1.0, "re_pix": re, "n": obj["n"][i],
-                          "q": obj["q"][i], "pa_deg": obj["pa_deg"][i]}, psf, (S, S))[0]
+                          "q": obj["q"][i], "pa_deg": obj["pa_deg"][i]}, psf, (S, S),
+                         accuracy="injection")[0]
         flux = obj["snr"][i] / math.sqrt(float((m**2).sum()))
         g = math.exp(rng.uniform(*np.log(GAIN_RANGE)))
         model = np.clip(m * flux, 0, None)
@@ -94,6 +96,7 @@ def make_stamps(data_dir: Path, n: int, frames: list[str], rng: np.random.Genera
         seg = fr.seg[win]
         yy, xx = np.mgrid[:S, :S]
         near = np.any((seg != 0) & (np.hypot(xx - x, yy - y) <= max(3 * re, 2.0)))
+        near |= float(np.median(bg[np.hypot(xx - x, yy - y) <= max(3 * re, 5.0)])) > 0.5
         large = 2 * inj.r90(np.array([re]), np.array([obj["n"][i]]))[0] + fr.fwhm > S
         t["regime"][i] = "large" if large else ("neighbour" if near else "isolated")
         for k, v in (("x", x), ("y", y), ("flux", flux), ("gain", g), ("psf_scale", f),
@@ -150,12 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-json", default=None)
     ap.add_argument("--out-md", default=None)
+    ap.add_argument("--out-rows", default=None, help="per-stamp truth + measurements (.npz)")
     a = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    _, s = run(Path(a.data), 100 if a.quick else a.n, a.frames, a.seed, a.sigma,
+    rows, s = run(Path(a.data), 100 if a.quick else a.n, a.frames, a.seed, a.sigma,
                log=lambda m: print(m, file=sys.stderr, flush=True))
     s["command"], s["wall_s"] = " ".join(sys.argv), time.perf_counter() - t0
     md = markdown(s) + "\n\n" + subsets_markdown(s["subsets"])
@@ -164,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     if a.out_json:
         Path(a.out_json).write_text(json.dumps(s, indent=1, default=float))
+    if a.out_rows:
+        np.savez(a.out_rows, **rows)
     if a.out_md:
         Path(a.out_md).write_text(md + "\n")
     return 0

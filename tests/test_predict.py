@@ -105,7 +105,9 @@ def test_predict_cli_formats_and_columns(stamps, weights, tmp_path, suffix):
                "--model", str(weights), "--out", str(out), "-q"])
     assert rc == 0
     t = read_catalog(out)
-    assert t.colnames == catalog_columns()
+    from galnet.fitting.assess import ASSESS_COLUMNS  # point sources, misfits (issue 13)
+
+    assert t.colnames == catalog_columns() + list(ASSESS_COLUMNS)
     assert len(t) == 40 and list(t["id"]) == list(range(40))
     if suffix != ".parquet":
         assert str(t["re_arcsec"].unit) == "arcsec" and str(t["pa_deg"].unit) == "deg"

@@ -64,7 +64,8 @@ DESCRIPTIONS: dict[Flag, str] = {
     Flag.RE_UNCONSTRAINED: "the radius is larger than the fitted cutout can constrain",
     Flag.N_AT_BOUND: "the Sersic index ended at a bound of its range",
     Flag.MISFIT: "the residuals show structure a single Sersic cannot describe",
-    Flag.REVERTED: "the refine ended worse than the network on the same pixels: network values",
+    Flag.REVERTED: "the refine ended worse than the network on the same pixels, or at a "
+                   "bound: network values",
 }
 
 _ALL = sum(int(f) for f in Flag)

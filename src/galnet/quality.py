@@ -47,6 +47,29 @@ noise (or pass ``gain``): with a sky-only sigma, bright galaxies get ``rff > 0``
 photon noise (25% of single Sérsics flagged in a test, 55% at S/N 300-1000).
 Calibrated on 61x61 stamps of isolated galaxies, S/N 20-1000; not flagged below ``snr_min``.
 
+Without the gain (a sky-only sigma and no way to know the source noise): pass
+``gain=assumed_gain(sigma)``, a low gain (:data:`ASSUMED_GAIN_SIGMA` = ``gain x sigma_sky``,
+a sky of 225 e-/px) that allows for more source noise than most data have. Measured on the
+galaxies of ``scripts/calibrate_misfit.py`` (true ``gain x sigma_sky`` 10-1000, log-uniform),
+fitted by ``fit_arrays`` and tested with the sky-only sigma, two seeds of 300 galnet + 150
+GalSim single Sérsics and 120 two-component + 120 clumpy galaxies, % flagged at S/N >= 20
+(single Sérsics; S/N 20-49 / 50-99 / 100-299 / 300-1000 | two-comp. | clumpy | misfits)::
+
+    no gain:          25.8 % (1.1 / 5.6 / 25.0 / 51.9) | 38 | 63 | 50.0   (seed 1)
+                      26.7 % (2.0 / 7.1 / 25.4 / 60.6) | 39 | 63 | 51.2   (seed 2)
+    G = 10:           0.00 % | 0.0 | 30 | 15.0;  0.00 % | 1.7 | 36 | 18.8
+    G = 15 (chosen):  0.45 % (0 / 0 / 0 / 1.3) | 2.5 | 41 | 21.7;  0.00 % | 5.0 | 43 | 24.2
+    G = 20:           1.78 % (0 / 0 / 0.9 / 4.4) | 4.2 | 48 | 25.8;  0.45 % | 6.7 | 49 | 27.9
+    G = 30:           5.57 % | 10.8 | 53 | 31.7;  3.81 % | 12.5 | 55 | 33.8
+    the true gain:    0.67 % | 13.3 | 58 | 35.4;  1.35 % | 12.5 | 56 | 34.2
+
+Both seeds together at S/N 20-500: single Sérsics flagged 0.28% of 716 (G = 15), 0.98% (G = 20),
+0.70% (true gain), 17.9% (no gain); misfits detected 17.4% of 391 (G = 15), 20.7% (G = 20),
+25.8% (true gain). G = 15 is kept for the S/N > 500 bin (G = 20: 4.4% there on seed 1).
+So without the gain the flag keeps <= 0.5% false positives but finds ~2/3 of the misfits it
+finds with the gain (bulge + disk mostly lost); data whose sky is below ~225 e-/px (space,
+narrow band) are under-allowed: give the gain.
+
 Speed: 1000 stamps of 61x61 in ~0.06-0.08 s of CPU when the apertures are small (re 2-8 px: only
 the box that holds every aperture is read), ~0.15 s when they cover the whole stamp.
 """
@@ -59,9 +82,11 @@ from galnet.errors import GalnetValueError
 
 __all__ = [
     "APERTURE_MIN",
+    "ASSUMED_GAIN_SIGMA",
     "INNER_MIN",
     "MISFIT_THRESHOLDS",
     "STAT_KEYS",
+    "assumed_gain",
     "misfit",
     "residual_stats",
 ]
@@ -83,6 +108,12 @@ MISFIT_THRESHOLDS: dict[str, float] = {
     "rff": -0.0011,
     "asym": -0.0004,
 }
+
+#: ``gain x sigma_sky`` (e-/image unit times image units: about the square root of the sky's
+#: electrons per pixel) assumed by :func:`assumed_gain` when a frame's gain is unknown, so that
+#: the misfit test allows for a source noise the sigma map does not hold (module docstring,
+#: "Without the gain").
+ASSUMED_GAIN_SIGMA = 15.0
 
 _MEAN_ABS = np.sqrt(2.0 / np.pi)  # E|z| for z ~ N(0, 1)
 _VAR_ABS = 1.0 - 2.0 / np.pi  # Var|z|
@@ -281,3 +312,25 @@ def misfit(stats: dict, snr, thresholds: dict | None = None) -> np.ndarray:
         bad_rff = rff > t["rff"] + k * np.asarray(stats["rff_err"], float)
         bad_asym = asym > t["asym"] + k * np.asarray(stats["asym_err"], float)
         return (snr >= t["snr_min"]) & (bad_rff | bad_asym)
+
+
+def assumed_gain(sigma, mask=None) -> np.ndarray:
+    """(N,) gain (e-/image unit) to pass to :func:`residual_stats` when ``sigma`` holds the sky's
+    noise only and the true gain is unknown: :data:`ASSUMED_GAIN_SIGMA` divided by each stamp's
+    median usable sigma (the sky noise). A conservative (low) gain: the source noise it allows
+    for is that of a sky of ``ASSUMED_GAIN_SIGMA**2`` e- per pixel, so bright single Sérsics are
+    not flagged for their own photon noise, at the cost of some misfits on deep, high-gain data.
+
+    Parameters
+    ----------
+    sigma : (N, H, W) or (H, W) 1-sigma noise, image units.
+    mask : bool like ``sigma``, True = pixel ignored [default: none].
+    """
+    sig = _as3(sigma, "sigma").astype(np.float64)
+    ok = np.isfinite(sig) & (sig > 0)
+    if mask is not None:
+        ok &= ~_as3(mask, "mask").astype(bool)
+    med = np.array([np.median(s[o]) if o.any() else np.nan for s, o in zip(sig, ok, strict=True)])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        g = ASSUMED_GAIN_SIGMA / med
+    return np.where(np.isfinite(g) & (g > 0), g, 1.0)

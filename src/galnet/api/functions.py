@@ -111,7 +111,8 @@ def _load_model(model, device):
 def predict(images, psf, sigma=None, mask=None, *, ivar=None, pixel_scale: float | None = None,
             zeropoint: float | None = None, preset: str | None = None, model=None,
             device: str = "cpu", refine: bool = False, chi2: bool = True, ids=None,
-            psf_positions=None, rebin: str | int = "auto", chunk: int = 4096):
+            psf_positions=None, rebin: str | int = "auto", chunk: int = 4096,
+            point_test: bool = True):
     """Sérsic parameters of galaxy stamps with GaLNet: ``galnet predict`` on arrays.
 
     Parameters
@@ -135,12 +136,16 @@ def predict(images, psf, sigma=None, mask=None, *, ivar=None, pixel_scale: float
     psf_positions : (N, 2) frame positions (x, y, 0-based) of the stamps, for a PSFEx ``psf``.
     rebin : ``"auto"`` (as the CLI) or a factor 1, 2, 3 for every stamp.
     chunk : stamps per batch (bounded memory).
+    point_test : run the point-source test (a PSF model competes with the Sérsic; flags
+        ``POINT_SOURCE``, ``UNRESOLVED``, column ``psf_mag``). [default: True]
 
     Returns
     -------
     astropy QTable: the catalogue of ``galnet predict`` (``docs/predict.md``): ``id, x, y, mag,
     flux, re_pix, re_arcsec, n, q, pa_deg`` each with ``_err``, ``chi2nu``, ``snr``, ``flags``;
-    ``x, y, re_pix`` in input pixels.
+    ``x, y, re_pix`` in input pixels; with ``chi2`` (:mod:`galnet.fitting.assess`)
+    ``psf_mag, psf_mag_err, rff, rff_err, asym, asym_err, chi2nu_in`` and the flags
+    ``POINT_SOURCE``, ``UNRESOLVED`` (``re_pix`` = the 95% upper limit), ``MISFIT``.
 
     Raises
     ------
@@ -153,19 +158,21 @@ def predict(images, psf, sigma=None, mask=None, *, ivar=None, pixel_scale: float
         return _fit(images, psf, sigma, mask, ivar=ivar, pixel_scale=pixel_scale,
                    zeropoint=zeropoint, preset=preset, init="nn", model=model, device=device,
                    ids=ids, psf_positions=psf_positions, rebin=rebin,
-                   chunk=min(chunk, 1024), function="galnet.predict")
+                   chunk=min(chunk, 1024), function="galnet.predict", point_test=point_test)
+    from galnet.fitting.assess import assessor
     from galnet.nn.predict import predict as predict_batch
 
     net, dev, weights = _load_model(model, device)
+    assess = assessor(point_test=point_test) if chi2 else None
 
     def job(b):
-        return predict_batch(b, model=net, device=dev, chi2=chi2)
+        return predict_batch(b, model=net, device=dev, chi2=chi2, assess=assess)
 
     return _run(job, images, psf, sigma, ivar, mask, pixel_scale=pixel_scale,
                 zeropoint=zeropoint, preset=preset, chunk=chunk, rebin=rebin, ids=ids,
                 psf_positions=psf_positions, weights=weights,
                 options=dict(function="galnet.predict", device=str(dev), refine=False,
-                             chi2=chi2, rebin=rebin, chunk=chunk))
+                             chi2=chi2, rebin=rebin, chunk=chunk, point_test=point_test))
 
 
 def fit(images, psf, sigma=None, mask=None, *, init="nn", ivar=None,
@@ -174,7 +181,7 @@ def fit(images, psf, sigma=None, mask=None, *, init="nn", ivar=None,
         gain: float | None = None, prior: bool = True, guard: bool = True,
         nn_prior: bool | None = None, scale_errors: bool = False,
         model=None, device: str = "cpu", ids=None, psf_positions=None,
-        rebin: str | int = "auto", chunk: int = 1024):
+        rebin: str | int = "auto", chunk: int = 1024, point_test: bool = True):
     """Forward-model Sérsic fits of galaxy stamps: ``galnet fit`` on arrays.
 
     Parameters
@@ -192,25 +199,28 @@ def fit(images, psf, sigma=None, mask=None, *, init="nn", ivar=None,
         ``REVERTED``). [default: True]
     nn_prior : the old name of ``prior``; when given it overrides ``prior``.
     scale_errors : multiply the errors by ``sqrt(chi2nu)``. [default: False]
+    point_test : as :func:`predict`. [default: True]
 
     Returns
     -------
     astropy QTable: the catalogue of ``galnet fit`` (``docs/fit.md``): the columns of
     :func:`predict`, then ``niter``, ``converged`` (and ``sky``, ``sky_err`` with
-    ``sky="flat"``); flags ``FIT_NOT_CONVERGED``, ``BOUND_HIT``.
+    ``sky="flat"``), ``psf_mag`` ... ``chi2nu_in`` (as :func:`predict`); flags
+    ``FIT_NOT_CONVERGED``, ``BOUND_HIT``, ``POINT_SOURCE``, ``UNRESOLVED``, ``MISFIT``.
     """
     return _fit(images, psf, sigma, mask, init=init, ivar=ivar, pixel_scale=pixel_scale,
                 zeropoint=zeropoint, preset=preset, sky=sky,
                 auto_mask_neighbours=auto_mask_neighbours, gain=gain,
                 prior=prior if nn_prior is None else bool(nn_prior), guard=guard,
                 scale_errors=scale_errors, model=model, device=device, ids=ids,
-                psf_positions=psf_positions, rebin=rebin, chunk=chunk, function="galnet.fit")
+                psf_positions=psf_positions, rebin=rebin, chunk=chunk, function="galnet.fit",
+                point_test=point_test)
 
 
 def _fit(images, psf, sigma, mask, *, init="nn", ivar=None, pixel_scale=None, zeropoint=None,
          preset=None, sky="none", auto_mask_neighbours=True, gain=None, prior=True,
          guard=True, scale_errors=False, model=None, device="cpu", ids=None, psf_positions=None,
-         rebin="auto", chunk=1024, function: str):
+         rebin="auto", chunk=1024, function: str, point_test: bool = True):
     """:func:`fit`, recording ``function`` (the public call) in the provenance."""
     from galnet.fitting.problem import FitConfig
     from galnet.fitting.runner import fit as fit_batch
@@ -233,7 +243,7 @@ def _fit(images, psf, sigma, mask, *, init="nn", ivar=None, pixel_scale=None, ze
     def job(b):
         return fit_batch(b, init=init, sky=sky, auto_mask_neighbours=auto_mask_neighbours,
                          gain=gain, model=net, device=dev, config=cfg, prior=prior,
-                         guard=guard)
+                         guard=guard, point_test=point_test)
 
     return _run(job, images, psf, sigma, ivar, mask, pixel_scale=pixel_scale,
                 zeropoint=zeropoint, preset=preset, chunk=chunk, rebin=rebin, ids=ids,
@@ -243,4 +253,4 @@ def _fit(images, psf, sigma, mask, *, init="nn", ivar=None, pixel_scale=None, ze
                              auto_mask_neighbours=auto_mask_neighbours, gain=gain,
                              prior=bool(prior) and init_name == "nn", guard=guard,
                              scale_errors=scale_errors, rebin=rebin,
-                             chunk=chunk))
+                             chunk=chunk, point_test=point_test))

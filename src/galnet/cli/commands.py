@@ -296,7 +296,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     if a.refine and a.no_chi2:
         raise UsageError("--refine does not combine with --no-chi2 (the fit renders the models)")
-    _frame_checks(a, {"--no-chi2": a.no_chi2})
+    _frame_checks(a, {"--no-chi2": a.no_chi2, "--no-point-test": a.no_point_test})
     if a.frame is not None:
         return _frame_run(a, refine=a.refine)
     if a.gain is not None:
@@ -311,9 +311,13 @@ def cmd_predict(a: argparse.Namespace) -> int:
         if a.refine:
             from galnet.fitting.runner import fit_files
 
-            t = _call(fit_files, a, a.out, init="nn", save_models=models, **kw)
+            t = _call(fit_files, a, a.out, init="nn", save_models=models,
+                      point_test=not a.no_point_test, **kw)
         else:
-            t = _call(predict_files, a, a.out, chi2=not a.no_chi2, save_models=models, **kw)
+            from galnet.fitting.assess import assessor
+
+            t = _call(predict_files, a, a.out, chi2=not a.no_chi2, save_models=models,
+                      assess=assessor(point_test=not a.no_point_test), **kw)
     _report(t, a.out, time.perf_counter() - t0)
     return 0
 
@@ -328,7 +332,7 @@ def cmd_fit(a: argparse.Namespace) -> int:
     if a.nn_prior and a.no_prior:
         raise UsageError("--nn-prior and --no-prior contradict each other")
     _frame_checks(a, {"--init " + str(a.init): a.init != "nn", "--sky flat": a.sky != "none",
-                      "--no-prior": a.no_prior,
+                      "--no-prior": a.no_prior, "--no-point-test": a.no_point_test,
                       "--scale-errors": a.scale_errors, "--dtype float64": a.dtype != "float32"})
     if a.frame is not None:
         return _frame_run(a, refine=True)
@@ -342,7 +346,8 @@ def cmd_fit(a: argparse.Namespace) -> int:
         t = _call(fit_files, a, a.out, init=a.init, sky=a.sky,
                   auto_mask_neighbours=not a.no_auto_mask, gain=a.gain, config=cfg,
                   native=True if a.native else "auto", prior=not a.no_prior,
-                  nn_prior=a.nn_prior or None, save_models=models, **kw)
+                  nn_prior=a.nn_prior or None, save_models=models,
+                  point_test=not a.no_point_test, **kw)
     _report(t, a.out, time.perf_counter() - t0)
     return 0
 

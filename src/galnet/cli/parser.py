@@ -184,9 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--refine", action="store_true",
                     help="refine the network's parameters with the forward-model fit "
                          "(the catalogue of galnet fit --init nn)")
+    pd.add_argument("--no-point-test", action="store_true",
+                    help="stamps: skip the point-source test (no POINT_SOURCE / UNRESOLVED, "
+                         "psf_mag NaN; the misfit statistics stay)")
     pd.add_argument("--gain", type=positive_float, default=None,
                     help="with --frame: e-/image unit; adds the sources' Poisson noise to the "
-                         "frame's sky noise for the fits, chi2nu and MISFIT")
+                         "frame's sky noise for the fits, chi2nu and MISFIT [default: header "
+                         "GAIN if consistent with the sky, else sky/variance, else none]")
     pd.add_argument("--chunk", type=positive_int, default=4096, help="stamps per chunk [4096]")
     pd.set_defaults(func=c.cmd_predict)
 
@@ -210,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "re, n, the ellipticity and the centre (with --init nn; the default)")
     ft.add_argument("--no-prior", action="store_true",
                     help="no network prior (a plain least-squares fit from the network's start)")
+    ft.add_argument("--no-point-test", action="store_true",
+                    help="stamps: skip the point-source test (no POINT_SOURCE / UNRESOLVED, "
+                         "psf_mag NaN; the misfit statistics stay)")
     ft.add_argument("--native", action="store_true",
                     help="fit each input image whole at its own pixels (no crop, no rebinning) "
                          "[the default when the inputs are larger than the stamp]")

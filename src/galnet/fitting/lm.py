@@ -15,7 +15,10 @@ per-stamp bounds (``lo``, ``hi``: e.g. a box around the network's centre); a ste
 them is projected back; a parameter that ends on a bound is reported (``bound``, ``n_bound``,
 ``re_upper``). Data, sigma and neighbours are divided by each stamp's median sigma first, so
 nothing depends on the image units. With a ``reference`` (the network's parameters) and
-``guard``, a fit that ends with a higher chi2 than the reference is replaced by it.
+``guard``, a fit that ends with a higher chi2 than the reference is replaced by it, and so is a
+fit that ran to a bound (centre, flux, re, n) or beyond a quarter of the stamp in re: such a
+value is not a measurement (its flags ``BOUND_HIT`` / ``N_AT_BOUND`` / ``RE_UNCONSTRAINED`` stay
+with ``REVERTED`` to say why).
 
 The loop (per stamp, batched)
 -----------------------------
@@ -224,8 +227,10 @@ def fit_arrays(
         the network's: ``chi2nu_ref`` is its chi2nu on the same pixels, weights, renderer and
         neighbours (with ``sky="flat"``, at its best flat sky).
     guard : with ``reference``: accept or revert -- where the fit's chi2 exceeds the
-        reference's by more than 1e-6 of it, the reference is reported instead (``reverted``),
-        with errors from the Fisher matrix there (plus the prior's).
+        reference's by more than 1e-6 of it, or where the fit ran to a bound (``bound``,
+        ``n_bound``, ``re_upper``, or re beyond a quarter of the stamp's smaller side), the
+        reference is reported instead (``reverted``; the bound flags stay), with errors from
+        the Fisher matrix there (plus the prior's).
     device : torch device (:func:`galnet.runner.resolve_device`: "cpu", "cuda", "auto", ...).
     config : :class:`galnet.fitting.problem.FitConfig`.
     progress : a progress bar (on a terminal only).
@@ -305,6 +310,21 @@ def fit_arrays(
             out["reverted"][s:e] = rev.cpu().numpy()
         _collect(out, slice(s, e), u, A, chi2, niter, conv, nfree, npar, lo_c, hi_c, emax, prob,
                  config)
+        if ref_all is not None and guard:  # a fit that ran to a bound is not a measurement
+            sl = slice(s, e)
+            stuck = {k: out[k][sl].copy() for k in ("bound", "n_bound", "re_upper")}
+            runaway = out["re_pix"][sl] > min(H, W) / 4
+            force = stuck["bound"] | stuck["n_bound"] | stuck["re_upper"] | runaway
+            if force.any():
+                _, rev2 = _guard(prob, tt(ref_all[s:e]), u, A, chi2, guard,
+                                 force=torch.as_tensor(force, device=dev))
+                rev2 = rev2.cpu().numpy()
+                if rev2.any():
+                    out["reverted"][sl] |= rev2
+                    _collect(out, sl, u, A, chi2, niter, conv, nfree, npar, lo_c, hi_c, emax,
+                             prob, config)
+                    for k, v in stuck.items():  # say why it was reverted
+                        out[k][sl] |= v & rev2
 
     run_chunks(one, N, config.batch, progress=progress, desc="fit", option="batch")
     for k in ("flux", "flux_err", "sky", "sky_err"):
@@ -314,11 +334,12 @@ def fit_arrays(
     return out
 
 
-def _guard(prob: Problem, ur: torch.Tensor, u, A, chi2, guard: bool):
+def _guard(prob: Problem, ur: torch.Tensor, u, A, chi2, guard: bool, force=None):
     """chi2 of the reference ``ur`` (B, 7; its best flat sky appended when the problem fits a
-    sky) on the problem's pixels, and (guard) the stamps whose fit ended worse: there ``u``,
-    ``A`` (Fisher matrix at the reference, plus the prior's) and ``chi2`` are replaced in
-    place. Reference rows that are not finite are never reverted to."""
+    sky) on the problem's pixels, and (guard) the stamps whose fit ended worse, or that are
+    in ``force`` (B, bool: e.g. the fit ran to a bound): there ``u``, ``A`` (Fisher matrix at
+    the reference, plus the prior's) and ``chi2`` are replaced in place. Reference rows that
+    are not finite are never reverted to."""
     B = len(ur)
     dev = ur.device
     idx = torch.arange(B, device=dev)
@@ -336,7 +357,8 @@ def _guard(prob: Problem, ur: torch.Tensor, u, A, chi2, guard: bool):
     c2 = torch.where(ok, c2, torch.full_like(c2, float("nan")))
     rev = torch.zeros(B, dtype=torch.bool, device=dev)
     if guard:
-        rev = ok & torch.isfinite(c2) & (~torch.isfinite(chi2) | (chi2 > c2 * (1 + 1e-6)))
+        worse = ~torch.isfinite(chi2) | (chi2 > c2 * (1 + 1e-6))
+        rev = ok & torch.isfinite(c2) & (worse if force is None else force)
     if bool(rev.any()):
         j = torch.nonzero(rev)[:, 0]
         jn = j.cpu().numpy()

@@ -67,13 +67,15 @@ def _kernel_matrix(n_out: int, pos: torch.Tensor, half: int, deriv: bool = False
     j = torch.arange(-half, half + 1, device=pos.device)
     c = ip.long()[:, None, None] + t.long()[None, :, None] + j[None, None, :]  # (B, 6, 2h+1)
     ok = (c >= 0) & (c < n_out)
-    b = torch.arange(B, device=pos.device)[:, None, None].expand_as(c)
-    jj = (j + half)[None, None, :].expand_as(c)
+    b = torch.arange(B, device=pos.device)[:, None, None]
+    nj = 2 * half + 1
+    # one flat index per tap; taps off the stamp go to a clamped place with the value 0
+    flat = ((b * n_out + c.clamp(0, n_out - 1)) * nj + (j + half)[None, None, :]).reshape(-1)
 
     def scatter(v):
-        K = torch.zeros((B, n_out, 2 * half + 1), dtype=pos.dtype, device=pos.device)
-        K[b[ok], c[ok], jj[ok]] = v[:, :, None].expand_as(c)[ok]
-        return K
+        K = torch.zeros(B * n_out * nj, dtype=pos.dtype, device=pos.device)
+        K.index_put_((flat,), (v[:, :, None] * ok).reshape(-1), accumulate=True)
+        return K.view(B, n_out, nj)
 
     if not deriv:
         return scatter(vals), None
@@ -140,8 +142,9 @@ def fit_psf(images, psfs, wt, *, x0, y0, neighbours=None, mask=None, n_iter: int
 
     Returns
     -------
-    dict of (N,) arrays: ``x, y`` (stamp px), ``flux`` and ``flux_err`` (image units, the error
-    from the (x, y, flux) covariance), ``chi2`` (over the used pixels), ``npix`` (used pixels).
+    dict of (N,) arrays: ``x, y`` (stamp px) and ``x_err, y_err``, ``flux`` and ``flux_err``
+    (image units; errors from the (x, y, flux) covariance), ``chi2`` (over the used pixels),
+    ``npix`` (used pixels).
     """
     d = as_array3(images, "images")
     N, H, W = d.shape
@@ -162,7 +165,8 @@ def fit_psf(images, psfs, wt, *, x0, y0, neighbours=None, mask=None, n_iter: int
     p = check_psfs(psfs, N)
     xs0 = np.broadcast_to(np.asarray(x0, float), (N,))
     ys0 = np.broadcast_to(np.asarray(y0, float), (N,))
-    out = {k: np.full(N, np.nan) for k in ("x", "y", "flux", "flux_err", "chi2")}
+    out = {k: np.full(N, np.nan) for k in ("x", "y", "flux", "flux_err", "chi2", "x_err",
+                                           "y_err")}
     out["npix"] = (w > 0).sum((1, 2))
     # the model lives within R px of the start: fit on that box, add the chi2 of the rest
     R = max(p.shape[1], p.shape[2]) // 2 + 3 + math.ceil(max_shift)
@@ -232,8 +236,9 @@ def _fit_batch(d, w2, psf, x0, y0, n_iter, max_shift):
     J = torch.stack([m, f[:, None, None] * mx, f[:, None, None] * my], 1).flatten(2)
     A = torch.einsum("bip,bjp->bij", J * w2.flatten(1)[:, None], J)
     cov = torch.linalg.pinv(A)
-    ferr = torch.diagonal(cov, dim1=1, dim2=2)[:, 0].clamp_min(0).sqrt()
-    return {"x": x, "y": y, "flux": f, "flux_err": ferr, "chi2": chi2}
+    err = torch.diagonal(cov, dim1=1, dim2=2).clamp_min(0).sqrt()
+    return {"x": x, "y": y, "flux": f, "flux_err": err[:, 0], "chi2": chi2, "x_err": err[:, 1],
+            "y_err": err[:, 2]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,7 +280,8 @@ def classify(sersic: dict, psf: dict, *, nfree, psf_fwhm_pix, re_upper=None,
     ----------
     sersic : the Sérsic fit (:func:`galnet.fitting.lm.fit_arrays` result): ``re_pix``,
         ``re_pix_err``, ``chi2nu`` (dof = ``nfree - 7``).
-    psf : the PSF fit (:func:`fit_psf` result): ``chi2``.
+    psf : the PSF fit (:func:`fit_psf` result): ``chi2`` (and ``flux``: a point source needs a
+        positive PSF flux).
     nfree : (N,) pixels used by the Sérsic fit (to turn its chi2nu back into chi2).
     psf_fwhm_pix : (N,) or scalar PSF FWHM, stamp pixels (:func:`psf_fwhm`).
     re_upper : optional (N,) statistical 95% upper limits on ``re`` (:func:`re_upper_profile`);
@@ -298,6 +304,8 @@ def classify(sersic: dict, psf: dict, *, nfree, psf_fwhm_pix, re_upper=None,
     fwhm = np.broadcast_to(np.asarray(psf_fwhm_pix, float), (N,))
     with np.errstate(invalid="ignore"):
         point = ((re < r["re_max"] * fwhm) | (dchi2 < r["dchi2_max"])) & np.isfinite(re)
+        if "flux" in psf:  # no light, no star (a fit gone to zero flux fits a PSF "as well")
+            point &= _arr(psf, "flux", N) > 0
         unresolved = point | ((re < r["re_unres"] * fwhm) & (re < r["z_unres"] * re_err))
     unresolved &= np.isfinite(re)
     stat = re + 1.645 * re_err if re_upper is None else np.broadcast_to(
@@ -416,7 +424,8 @@ def point_source_test(images, psfs, wt, sersic_result: dict, *, neighbours=None,
     -------
     dict of (N,) arrays: ``psf_mag``, ``psf_mag_err``, ``psf_flux``, ``psf_flux_err``, ``point``
     (-> ``Flag.POINT_SOURCE``), ``unresolved`` (-> ``Flag.UNRESOLVED``), ``re_upper`` (stamp px,
-    NaN when resolved; the caller reports it as ``re_pix``), ``chi2_psf``, ``dchi2``.
+    NaN when resolved; the caller reports it as ``re_pix``), ``chi2_psf``, ``dchi2``, and the
+    PSF fit's position ``psf_x, psf_y``, ``psf_x_err, psf_y_err`` (stamp px).
     """
     d = as_array3(images, "images")
     N = d.shape[0]
@@ -456,4 +465,5 @@ def point_source_test(images, psfs, wt, sersic_result: dict, *, neighbours=None,
     return {"psf_mag": mag, "psf_mag_err": mag_err, "psf_flux": pf["flux"],
             "psf_flux_err": pf["flux_err"], "point": cls["point"],
             "unresolved": cls["unresolved"], "re_upper": cls["re_upper"],
-            "chi2_psf": pf["chi2"], "dchi2": cls["dchi2"]}
+            "chi2_psf": pf["chi2"], "dchi2": cls["dchi2"], "psf_x": pf["x"], "psf_y": pf["y"],
+            "psf_x_err": pf["x_err"], "psf_y_err": pf["y_err"]}

@@ -116,7 +116,7 @@ def fit(stamps, *, init="nn", sky: str = "none", auto_mask_neighbours: bool = Tr
         gain: float | None = None, model=None, device="cpu", config: FitConfig = DEFAULT_FIT,
         guard: bool = True, prior: bool = True, nn_prior: bool | None = None,
         centre_radius: float | None = None, neighbours=None, progress: bool = False,
-        models_out=None):
+        models_out=None, point_test: bool = True, assess: bool = True):
     """The ``galnet fit`` catalogue (QTable with units) of a :class:`galnet.io.batch.StampBatch`.
 
     ``init``: ``"nn"`` (GaLNet, the default), ``"moments"`` (:func:`moments_init`), or a
@@ -143,6 +143,12 @@ def fit(stamps, *, init="nn", sky: str = "none", auto_mask_neighbours: bool = Tr
     ``models_out``: an object with ``add(stamps, models)`` (e.g. a
     :class:`galnet.io.models.ModelWriter`) that receives the models (N, H, W: Sérsic x PSF plus
     the fitted sky, plus ``neighbours`` when given; NaN for stamps not fitted).
+
+    Point sources and misfits (:mod:`galnet.fitting.assess`, on the fitted pixels): flags
+    ``POINT_SOURCE``, ``UNRESOLVED`` (``re_pix`` = the 95% upper limit), ``MISFIT`` and the
+    columns ``psf_mag, psf_mag_err, rff, rff_err, asym, asym_err, chi2nu_in``; ``point_test=False``
+    skips the PSF fit (no POINT_SOURCE / UNRESOLVED, ``psf_mag`` NaN); ``assess=False`` skips
+    the whole step (no such flags or columns; the frame mode measures them itself).
     """
     from galnet.io.catalog import stamp_catalog
 
@@ -172,7 +178,7 @@ def fit(stamps, *, init="nn", sky: str = "none", auto_mask_neighbours: bool = Tr
         mask = auto_mask(images, stamps.sigma, stamps.mask, centre=(start["x"], start["y"]))
     usable = usable_stamps(images, mask, sigma) & started
     res = empty_result(N)
-    models = np.full(images.shape, np.nan) if models_out is not None else None
+    models = np.full(images.shape, np.nan) if models_out is not None or assess else None
     bounded = is_nn or centre_radius is not None
     if usable.any():
         sel = np.flatnonzero(usable)
@@ -199,6 +205,10 @@ def fit(stamps, *, init="nn", sky: str = "none", auto_mask_neighbours: bool = Tr
                        (res["snr"] < LOW_SNR_LIMIT, Flag.LOW_SNR),
                        (nonfinite_rows(res), Flag.NONFINITE), (~has_pixels, Flag.MASKED_CENTRE)):
         flags |= np.where(cond, int(flag), 0)
+    from galnet.fitting.assess import assess_stamps, columns
+
+    cols = columns(assess_stamps(stamps, res, flags, models, images=images, mask=mask,
+                                 gain=gain, point_test=point_test)) if assess else {}
     t = stamp_catalog(stamps, res, flags, {"model": name})
     t["niter"] = res["niter"]
     t["converged"] = res["converged"]
@@ -206,11 +216,14 @@ def fit(stamps, *, init="nn", sky: str = "none", auto_mask_neighbours: bool = Tr
     if sky == "flat":
         t["sky"] = res["sky"]
         t["sky_err"] = res["sky_err"]
+    for k, v in cols.items():
+        t[k] = v
     t.meta["fit"] = {"init": name, "sky": sky, "prior": use_prior, "nn_prior": use_prior,
                      "guard": bool(guard), "auto_mask": bool(auto_mask_neighbours),
                      "centre_radius": (float(CENTRE_RADIUS if centre_radius is None else
                                              centre_radius) if bounded else None),
                      "neighbours": neighbours is not None,
+                     "point_test": bool(point_test) if assess else None,
                      "scale_errors": bool(config.scale_errors), "dtype": config.dtype}
     if models_out is not None:
         models_out.add(stamps, models if neighbours is None else models + neighbours,
@@ -262,14 +275,14 @@ def fit_files(out, *, images=None, psf=None, sigma=None, ivar=None, mask=None, f
               config: FitConfig = DEFAULT_FIT, native: bool | str = "auto",
               guard: bool = True, prior: bool = True, nn_prior: bool | None = None,
               centre_radius: float | None = None, progress: bool = True, save_models=None,
-              overwrite: bool = False, command=None):
+              overwrite: bool = False, command=None, point_test: bool = True):
     """``galnet fit`` (and ``galnet predict --refine``): the inputs of ``galnet predict`` ->
     catalogue ``out`` (.ecsv / .fits / .parquet, written atomically; an existing file is refused
     unless ``overwrite``), ``chunk`` stamps at a time. See :func:`fit` for ``init``, ``sky``,
     ``auto_mask_neighbours``, ``gain``, ``guard``, ``prior`` (``nn_prior``: its old name),
-    ``centre_radius``. ``native=True`` (``images`` only) fits each input image whole, at its
-    own pixels (no cropping, no rebinning; e.g. a galaxy far bigger than 61x61), started from
-    ``init`` computed on the usual stamps (rebinning is for the network's input only);
+    ``centre_radius``, ``point_test``. ``native=True`` (``images`` only) fits each input image
+    whole, at its own pixels (no cropping, no rebinning; e.g. a galaxy far bigger than 61x61),
+    started from ``init`` computed on the usual stamps (rebinning is for the network's input only);
     ``"auto"`` (the default): native when the ``images`` are larger than the preset's stamp,
     else the usual stamps (always for a ``frame``). ``save_models``: a
     FITS path for the fitted models and residuals (:mod:`galnet.io.models`: one
@@ -337,7 +350,7 @@ def fit_files(out, *, images=None, psf=None, sigma=None, ivar=None, mask=None, f
             return fit(b, init=init, sky=sky, auto_mask_neighbours=auto_mask_neighbours,
                        gain=gain, model=model, device=device, config=config, guard=guard,
                        prior=prior, nn_prior=nn_prior, centre_radius=centre_radius,
-                       models_out=writer)
+                       models_out=writer, point_test=point_test)
 
         tables = run_batches(one, batches, progress=progress, desc="fit")
         t = vstack(tables, metadata_conflicts="silent") if len(tables) > 1 else tables[0]
@@ -348,7 +361,7 @@ def fit_files(out, *, images=None, psf=None, sigma=None, ivar=None, mask=None, f
                        prior=prior, nn_prior=nn_prior, centre_radius=centre_radius,
                        pixel_scale=pixel_scale, zeropoint=zeropoint,
                        scale_errors=config.scale_errors, dtype=config.dtype,
-                       save_models=save_models)
+                       save_models=save_models, point_test=point_test)
         files = {k: v for k, v in inputs.items() if k != "chunk"}
         t.meta["provenance"] = _provenance(meta, files, init_arg, model_arg, options, command)
         if writer is not None:  # written when the block ends normally

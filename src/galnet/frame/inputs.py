@@ -9,11 +9,16 @@ frame file are used when no map is given) and hands them to
 zeropoint: the argument, else the header (``PIXSCALE`` / the WCS, ``MAGZERO`` ...), else the
 preset (:func:`galnet.io.fits.scale_and_zeropoint`). Conventions: 0-based pixels, centres at
 integers; ``data`` is in image units, sky-subtracted.
+
+Gain (e- per image unit, for the sources' Poisson noise): :func:`frame_gain` decides which one
+the pipeline uses and says where it came from (the catalogue's provenance: ``sources["gain"]``
+says where, ``options["gain"]`` the value used; ``meta["frame"]["gain"]`` too).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -30,7 +35,17 @@ from galnet.io.fits import (
 )
 from galnet.presets import get_preset
 
-__all__ = ["FrameData", "read_frame", "split_hdu"]
+__all__ = ["FrameData", "add_source_noise", "frame_gain", "header_gain", "read_frame",
+           "split_hdu"]
+
+log = logging.getLogger(__name__)
+
+#: A header gain is used only when it agrees within this factor with the sky's
+#: ``level / variance`` (the gain of a Poisson sky in ADU-like units).
+GAIN_TOLERANCE = 3.0
+#: The sky must be this many rms above zero for ``level / variance`` to measure a gain.
+GAIN_SKY_MIN = 5.0
+_SKY_KEYS = ("SKYLEVEL", "AVSKY", "SKY")
 
 _HDU = re.compile(r"^(?P<path>.+)\[(?P<hdu>\d+)\]$")
 
@@ -127,6 +142,7 @@ def read_frame(frame, *, weight=None, variance=None, sigma=None, frame_mask=None
         m = _plane(frame_mask, "mask", stack, cube, ext)
         ps, zp, meta = scale_and_zeropoint(pixel_scale, zeropoint, cube.headers, preset,
                                             cube.name)
+        meta.update(header_gain(cube.headers))
         wcs = None
         for h in cube.headers:
             wcs = celestial_wcs(h)
@@ -167,4 +183,78 @@ def add_source_noise(fd: FrameData, gain: float) -> FrameData:
     meta = {**fd.meta, "gain": g}
     return replace(fd, sigma=np.where(fd.mask, fd.sigma, np.sqrt(var)).astype(np.float32),
                    meta=meta)
+
+
+def _number(h, key):
+    try:
+        v = float(h.get(key))
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
+
+
+def header_gain(headers) -> dict:
+    """``{"header_gain": G or None, "header_gain_key": ..., "header_sky": S or None}`` from the
+    first header (of ``headers``, e.g. extension then primary) with ``GAIN`` or ``GAINA`` /
+    ``GAINB`` (DECam: their mean), e-/ADU; ``header_sky``: ``SKYLEVEL`` / ``AVSKY`` / ``SKY``
+    (the sky level before it was subtracted, image units)."""
+    out: dict = {"header_gain": None, "header_gain_key": None, "header_sky": None}
+    for h in headers or ():
+        if h is None:
+            continue
+        if out["header_gain"] is None:
+            g = _number(h, "GAIN")
+            ab = [v for v in (_number(h, "GAINA"), _number(h, "GAINB")) if v is not None]
+            if g is not None:
+                out.update(header_gain=g, header_gain_key="GAIN")
+            elif ab:
+                out.update(header_gain=float(np.mean(ab)),
+                           header_gain_key="GAINA/GAINB" if len(ab) == 2 else "GAINA")
+        if out["header_sky"] is None:
+            for k in _SKY_KEYS:
+                if _number(h, k) is not None:
+                    out["header_sky"] = _number(h, k)
+                    break
+    return out
+
+
+def frame_gain(fd: FrameData, gain: float | None = None) -> tuple[float | None, str]:
+    """The gain (e- per image unit) for the sources' Poisson noise, and where it came from.
+
+    1. ``gain`` given: it wins (``"argument"``).
+    2. The sky level ``S`` is known (left in the image and subtracted by :func:`read_frame`, or
+       a ``SKYLEVEL`` / ``AVSKY`` / ``SKY`` header keyword) and ``S > GAIN_SKY_MIN * rms``: the
+       gain of a Poisson sky ``S / rms**2`` (``rms``: the frame's median noise). A header gain
+       (``GAIN``, or the mean of ``GAINA`` / ``GAINB``) within ``GAIN_TOLERANCE`` of it is
+       used (the frame is in ADU-like units); otherwise the estimate is (logged at INFO).
+    3. Otherwise ``(None, ...)``: no source noise is added (a header gain cannot be checked and
+       may belong to data since rescaled, e.g. a GAIN kept in a frame calibrated to physical
+       units); the misfit test then assumes one (:func:`galnet.quality.assumed_gain`).
+    """
+    if gain is not None:
+        return float(gain), "argument"
+    hg, key = fd.meta.get("header_gain"), fd.meta.get("header_gain_key")
+    rms = float(getattr(fd.noise, "rms", np.nan))
+    sky, where = None, None
+    if getattr(fd.noise, "sky_removed", False):
+        sky, where = float(fd.noise.sky_level), "the sky left in the image"
+    elif fd.meta.get("header_sky") is not None:
+        sky, where = float(fd.meta["header_sky"]), "the header's sky level"
+    est = sky / rms**2 if (sky is not None and np.isfinite(rms) and rms > 0
+                           and sky > GAIN_SKY_MIN * rms) else None
+    if est is not None and hg is not None and est / GAIN_TOLERANCE < hg < GAIN_TOLERANCE * est:
+        return float(hg), f"header {key} (consistent with {where}: sky / variance = {est:.3g})"
+    if est is not None:
+        why = ("" if hg is None else
+               f"; header {key} = {hg:.4g} disagrees by more than x{GAIN_TOLERANCE:g}")
+        src = f"estimated: sky / sky variance from {where}{why}"
+        log.info("%s: gain %.4g e-/image unit %s", fd.name, est, src)
+        return float(est), src
+    if hg is not None:
+        src = (f"none: header {key} = {hg:.4g} not used (no sky level to check it against: "
+               "the frame's units may not be ADU)")
+    else:
+        src = "none: no gain given, none in the header and no sky level to estimate it"
+    log.info("%s: %s; the misfit test assumes a sky-limited source noise", fd.name, src)
+    return None, src
 

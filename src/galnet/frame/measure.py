@@ -36,18 +36,22 @@ def fit_stats(data, sigma, mask, own, others) -> tuple[np.ndarray, np.ndarray]:
 
 
 def point_and_misfit(data, sigma, mask, own, others, psfs, stamp_params: dict, *,
-                     fwhm: float, zeropoint: float) -> dict[str, np.ndarray]:
+                     fwhm: float, zeropoint: float,
+                     source_noise: bool = True) -> dict[str, np.ndarray]:
     """Point-source test (on the central :data:`POINT_TEST_SIZE` px; the upper limit on ``re``
     is ``re + 1.645 re_err``, not the profile likelihood: 4x cheaper) and misfit flag (whole
     cutout) of one group of cutouts.
 
     ``stamp_params``: the Sérsic values in cutout pixels (``x, y, re_pix, re_pix_err, n, q,
-    pa_deg, chi2nu``, and ``snr``). Returns (N,) arrays ``point``, ``unresolved``, ``re_upper``
-    (px, NaN when resolved), ``psf_mag``, ``psf_mag_err``, the statistics of
-    :func:`galnet.quality.residual_stats` and ``misfit``.
+    pa_deg, chi2nu``, and ``snr``). ``source_noise``: ``sigma`` holds the sources' Poisson
+    noise; if not, the misfit statistics allow for it with
+    :func:`galnet.quality.assumed_gain`. Returns (N,) arrays ``point``, ``unresolved``,
+    ``re_upper`` (px, NaN when resolved), ``psf_mag``, ``psf_mag_err``, ``psf_flux``,
+    ``psf_flux_err``, ``psf_x``, ``psf_y``, ``psf_x_err``, ``psf_y_err`` (the PSF fit, cutout
+    px), the statistics of :func:`galnet.quality.residual_stats` and ``misfit``.
     """
     from galnet.fitting.pointsource import point_source_test
-    from galnet.quality import misfit, residual_stats
+    from galnet.quality import assumed_gain, misfit, residual_stats
 
     m = np.asarray(mask, bool)
     wt = np.where(m, 0.0, 1.0 / np.asarray(sigma, np.float64))
@@ -66,10 +70,13 @@ def point_and_misfit(data, sigma, mask, own, others, psfs, stamp_params: dict, *
             (("x", (data.shape[2] - 1) / 2), ("y", (data.shape[1] - 1) / 2), ("re_pix", 1.0),
              ("q", 1.0), ("pa_deg", 0.0))}
     st = residual_stats(np.asarray(data, np.float64) - others, own, sigma, m, x=safe["x"],
-                        y=safe["y"], re=safe["re_pix"], q=safe["q"], pa_deg=safe["pa_deg"])
+                        y=safe["y"], re=safe["re_pix"], q=safe["q"], pa_deg=safe["pa_deg"],
+                        gain=None if source_noise else assumed_gain(sigma, m))
     bad = misfit(st, p["snr"]) & ok
     out = {k: np.asarray(ps[k]) for k in ("point", "unresolved", "re_upper", "psf_mag",
-                                          "psf_mag_err")}
+                                          "psf_mag_err", "psf_flux", "psf_flux_err",
+                                          "psf_x_err", "psf_y_err")}
+    out["psf_x"], out["psf_y"] = np.asarray(ps["psf_x"]) + o, np.asarray(ps["psf_y"]) + o
     # a PSF that fits about as well as a poor Sérsic does not make a source resolved at many
     # sigma (re - 2 re_err above the FWHM) a point source
     with np.errstate(invalid="ignore"):

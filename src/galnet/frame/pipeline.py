@@ -34,14 +34,17 @@ import numpy as np
 
 from galnet.errors import GalnetValueError
 from galnet.flags import LOW_SNR_LIMIT, Flag
-from galnet.frame.catalogue import count_neighbours, frame_catalog
-from galnet.frame.inputs import add_source_noise, read_frame
+from galnet.frame.catalogue import count_neighbours, frame_catalog, use_point_fits
+from galnet.frame.inputs import add_source_noise, frame_gain, read_frame
 from galnet.frame.measure import fit_stats, point_and_misfit
 from galnet.frame.neighbours import (
+    LIGHT_SIGMA,
     ModelCanvas,
     colour_batches,
+    crop_boxes,
     footprints,
-    render_models,
+    local_sigma,
+    render_boxes,
     safe_params,
 )
 from galnet.frame.refine import FIT_COLUMNS, fit_cutouts
@@ -62,12 +65,35 @@ REFINE_PASSES = 4
 COUPLE_SIGMA = 0.5
 
 
+#: Rebinned network stamps are smoothed back to the training seeing (:func:`zoom.match_psf`).
+MATCH_PSF = True
+
+
 def _network(fd, psf, src, preset, model, device) -> tuple[dict, np.ndarray]:
-    """Frame-pixel network values and errors of every source, and their flags."""
+    """Frame-pixel network values and errors of every source, and their flags; a source whose
+    prediction runs past the network's reach is re-run rebinned (:mod:`galnet.frame.zoom`),
+    and ``src.rebin`` / ``src.size`` are updated in place."""
+    from galnet.frame.zoom import plan_sizes, zoom_out
+
+    def run(index, rebin):
+        return _network_pass(fd, psf, src, index, rebin, preset, model, device)
+
+    nn, flags = run(np.arange(len(src)), src.rebin)
+    nn, flags, src.rebin = zoom_out(run, nn, flags, src.rebin, preset, snr=src.snr)
+    src.size = plan_sizes(nn, src.size, preset)
+    return nn, flags
+
+
+def _network_pass(fd, psf, src, index, rebin, preset, model, device) -> tuple[dict, np.ndarray]:
+    """Network values (frame px) and flags of the sources ``index`` at rebin factors ``rebin``."""
+    from galnet.frame.zoom import match_psf
     from galnet.io.batch import to_input_coords
     from galnet.nn.predict import predict_arrays
 
-    b = network_stamps(fd, psf, src.x, src.y, src.size, src.rebin, preset=preset, ids=src.ids)
+    b = network_stamps(fd, psf, src.x[index], src.y[index], src.size[index], rebin,
+                       preset=preset, ids=src.ids[index])
+    if MATCH_PSF:
+        match_psf(b, preset)
     r = predict_arrays(b.images, b.psfs, sigma=b.sigma, mask=b.mask, model=model, device=device,
                        chi2=False)
     out = {k: np.asarray(r[k], np.float64) for k in (*FIT_COLUMNS,
@@ -101,19 +127,13 @@ def _weights(model):
     return {"name": str(model.config.info.get("name", "galnet")), "sha256": None}
 
 
-#: Pixels added on each side of a source's cutout when its model is rendered into the frame's
-#: model image, so that a neighbour's light does not end where its own cutout ends (visible as
-#: straight edges in the models of bright neighbours). Its own fit uses the central cutout.
-HALO = 16
-
-
-def _crop(m: np.ndarray) -> np.ndarray:
-    """The cutout grid (centre) of models rendered with :data:`HALO`."""
-    return np.ascontiguousarray(m[:, HALO:-HALO, HALO:-HALO])
-
-
 class _Frame:
-    """The state of one run: sources, groups of cutouts, PSFs, the model canvas."""
+    """The state of one run: sources, groups of cutouts, PSFs, the model canvas.
+
+    Each source's model enters the canvas on a box centred on its cutout that holds its light
+    down to :data:`galnet.frame.neighbours.LIGHT_SIGMA` of the local noise
+    (:func:`galnet.frame.neighbours.box_sides`), not only on its cutout: a bright neighbour's
+    light does not stop at a straight edge. Its own fit uses the central cutout."""
 
     def __init__(self, fd, src, psf, preset):
         self.fd, self.src = fd, src
@@ -122,41 +142,49 @@ class _Frame:
         self.groups = [native_cutouts(fd, np.flatnonzero(src.size == s), src.x, src.y, int(s),
                                       extra) for s in np.unique(src.size)]
         self.canvas = ModelCanvas(fd.shape)
+        self.level = [LIGHT_SIGMA * local_sigma(g.sigma) for g in self.groups]
         self.own: list[np.ndarray] = []   # each source's model on its cutout grid
-        self.halo: list[np.ndarray] = []  # the same with HALO px around: what the canvas holds
+        self.boxes: list[list] = []       # per group and row: (model, x0, y0) the canvas holds
 
     def psf_of(self, index: np.ndarray) -> np.ndarray:
         return self.psfs if self.psfs.shape[0] == 1 else self.psfs[index]
 
-    def render_halo(self, params: dict, g, rows=None) -> np.ndarray:
-        """Models of group ``g`` (its rows ``rows``, all by default) from frame-px ``params``
-        on the cutout grid grown by :data:`HALO` px on each side (origin ``x0 - HALO``)."""
+    def render_boxes(self, params: dict, gi: int, rows=None) -> list:
+        """``(model, x0, y0)`` of the rows ``rows`` (all by default) of group ``gi`` from
+        frame-px ``params``, each on its light-sized box (:func:`render_boxes`)."""
+        g = self.groups[gi]
         rows = np.arange(len(g.index)) if rows is None else np.asarray(rows)
         idx = g.index[rows]
-        return render_models(safe_params(params, idx), g.x0[rows] - HALO, g.y0[rows] - HALO,
-                             g.size + 2 * HALO, self.psf_of(idx))
+        return render_boxes(safe_params(params, idx), g.x0[rows], g.y0[rows], g.size,
+                            self.level[gi][rows], self.psf_of(idx), self.fd.shape)
 
     def render(self, params: dict, g, rows=None) -> np.ndarray:
-        """Models of group ``g`` on its cutout grid (the centre of :meth:`render_halo`)."""
-        return _crop(self.render_halo(params, g, rows))
+        """Models of group ``g`` on its cutout grid (the centres of :meth:`render_boxes`)."""
+        gi = next(i for i, h in enumerate(self.groups) if h is g)
+        return crop_boxes(self.render_boxes(params, gi, rows), g.size)
 
     def paint(self, params: dict) -> None:
-        """Render every source's model (with its halo) into the canvas."""
-        self.own, self.halo = [], []
-        for g in self.groups:
-            m = self.render_halo(params, g)
-            self.canvas.add(m, g.x0 - HALO, g.y0 - HALO)
-            self.halo.append(m)
-            self.own.append(_crop(m))
+        """Render every source's model (on its box) into the canvas."""
+        self.own, self.boxes = [], []
+        for gi, g in enumerate(self.groups):
+            box = self.render_boxes(params, gi)
+            for m, a, b in box:
+                self.canvas.add(m[None], [a], [b])
+            self.boxes.append(box)
+            self.own.append(crop_boxes(box, g.size))
 
     def replace(self, gi: int, params: dict, rows: np.ndarray) -> None:
         """Re-render the sources ``rows`` (indices within group ``gi``) from ``params`` and
         update the canvas (Gauss-Seidel)."""
         g = self.groups[gi]
-        new = self.render_halo(params, g, rows)
-        self.canvas.add(new - self.halo[gi][rows], g.x0[rows] - HALO, g.y0[rows] - HALO)
-        self.halo[gi][rows] = new
-        self.own[gi][rows] = _crop(new)
+        rows = np.asarray(rows)
+        new = self.render_boxes(params, gi, rows)
+        for r, (m, a, b) in zip(rows, new, strict=True):
+            old, oa, ob = self.boxes[gi][r]
+            self.canvas.add(old[None], [oa], [ob], sign=-1.0)
+            self.canvas.add(m[None], [a], [b])
+            self.boxes[gi][r] = (m, a, b)
+        self.own[gi][rows] = crop_boxes(new, g.size)
 
     def network_models(self, nn: dict) -> list[np.ndarray]:
         """The network's models of every group (rendered once)."""
@@ -179,8 +207,13 @@ def _refine(st: _Frame, nn: dict, flags: np.ndarray, model, device) -> tuple[dic
     neighbours' model changed by more than :data:`REFIT_SIGMA` sigma since their last fit in
     some unmasked pixel of their own footprint (own model above :data:`COUPLE_SIGMA` sigma).
     Every fit starts from the network's values (its prior, its centre bound, guarded against
-    it) with the current neighbours subtracted."""
+    it) with the current neighbours subtracted.
+
+    Called right after ``st.paint(nn)``: the canvas then holds the network's models, kept as
+    :meth:`_Frame.network_models` (the guard's reference) instead of rendering them again."""
     N = len(st.src)
+    if getattr(st, "_nn_models", None) is None and len(st.own) == len(st.groups):
+        st._nn_models = [o.copy() for o in st.own]
     params = {k: v.copy() for k, v in nn.items()}
     extra = {"niter": np.zeros(N, np.int64), "converged": np.zeros(N, bool),
              "chi2nu_nn": np.full(N, np.nan)}
@@ -235,8 +268,9 @@ def _final_guard(st: _Frame, nn: dict, params: dict, flags: np.ndarray) -> int:
     neighbours' neighbours, so the check repeats until nothing is reverted (a reverted source
     equals the network and is never reverted again). Returns the number reverted."""
     n = 0
+    dirty = [np.ones(len(g.index), bool) for g in st.groups]
     for _ in range(_GUARD_ROUNDS):
-        k = _guard_round(st, nn, params, flags)
+        k = _guard_round(st, nn, params, flags, dirty)
         n += k
         if k == 0:
             break
@@ -247,15 +281,56 @@ def _final_guard(st: _Frame, nn: dict, params: dict, flags: np.ndarray) -> int:
 _GUARD_ROUNDS = 20
 
 
-def _guard_round(st: _Frame, nn: dict, params: dict, flags: np.ndarray) -> int:
-    """One pass of :func:`_final_guard` over the groups; returns the number reverted."""
+def _boxes_of(st: _Frame, gi: int, rows: np.ndarray) -> np.ndarray | None:
+    """(n, 3) frame rectangles ``x0, y0, side`` the canvas holds for the rows ``rows`` of group
+    ``gi`` (None when the canvas does not say: then everything counts as changed)."""
+    boxes = getattr(st, "boxes", None)
+    try:
+        return np.array([(a, b, m.shape[-1]) for m, a, b in (boxes[gi][r] for r in rows)],
+                        np.int64).reshape(-1, 3)
+    except (TypeError, IndexError, ValueError, AttributeError):
+        return None
+
+
+def _mark_changed(st: _Frame, rects: np.ndarray | None, dirty: list[np.ndarray]) -> None:
+    """Mark dirty every source whose cutout overlaps one of the frame rectangles ``rects``
+    (all of them when ``rects`` is None)."""
+    for gi, g in enumerate(st.groups):
+        if rects is None:
+            dirty[gi][:] = True
+            continue
+        if rects.size == 0:
+            continue
+        ax, ay, s = g.x0[:, None], g.y0[:, None], g.size
+        bx, by, bs = rects[:, 0][None], rects[:, 1][None], rects[:, 2][None]
+        hit = (ax < bx + bs) & (bx < ax + s) & (ay < by + bs) & (by < ay + s)
+        dirty[gi] |= hit.any(axis=1)
+
+
+def _guard_round(st: _Frame, nn: dict, params: dict, flags: np.ndarray, dirty=None) -> int:
+    """One pass of :func:`_final_guard` over the groups; returns the number reverted.
+
+    ``dirty`` (per group, (n,) bool; all by default): the sources to check, those whose
+    neighbours' model changed since they were last checked. The others would give the same
+    answer again (their own model and neighbours are unchanged; a reverted source equals the
+    network), so they are skipped; a revert marks the sources its old and new models touch."""
+    if dirty is None:
+        dirty = [np.ones(len(g.index), bool) for g in st.groups]
     n = 0
     for gi, g in enumerate(st.groups):
-        others = st.others(gi)
-        c_fit = fit_stats(g.data, g.sigma, g.mask, st.own[gi], others)[0]
-        c_nn = fit_stats(g.data, g.sigma, g.mask, st.network_models(nn)[gi], others)[0]
+        check = np.flatnonzero(dirty[gi])
+        if check.size == 0:
+            continue
+        dirty[gi][check] = False
+        every = check.size == len(g.index)
+        sub = g if every else _Sub(g, check)
+        own = st.own[gi] if every else st.own[gi][check]
+        ref = st.network_models(nn)[gi]
+        others = st.canvas.others(own, sub.x0, sub.y0)
+        c_fit = fit_stats(sub.data, sub.sigma, sub.mask, own, others)[0]
+        c_nn = fit_stats(sub.data, sub.sigma, sub.mask, ref if every else ref[check], others)[0]
         with np.errstate(invalid="ignore"):
-            rows = np.flatnonzero(c_fit > c_nn * (1 + 1e-6))
+            rows = check[c_fit > c_nn * (1 + 1e-6)]
         if rows.size == 0:
             continue
         idx = g.index[rows]
@@ -263,7 +338,11 @@ def _guard_round(st: _Frame, nn: dict, params: dict, flags: np.ndarray) -> int:
             params[k][idx] = nn[k][idx]
         flags[idx] |= int(Flag.REVERTED)
         flags[idx] &= ~np.int64(Flag.BOUND_HIT | Flag.N_AT_BOUND | Flag.FIT_NOT_CONVERGED)
+        old = _boxes_of(st, gi, rows)
         st.replace(gi, params, rows)
+        new = _boxes_of(st, gi, rows)
+        _mark_changed(st, None if old is None or new is None else np.concatenate([old, new]),
+                      dirty)
         n += rows.size
     return n
 
@@ -278,12 +357,14 @@ class _Sub:
 
 
 def _measure(st: _Frame, params: dict, flags: np.ndarray, fwhm: float, nn=None) -> dict:
-    """chi2nu, snr, the point-source test and the misfit flag of every source (frame order);
+    """chi2nu, snr, the point-source test and the misfit flag (after a refine: ``nn`` given)
+    of every source (frame order);
     with ``nn``, also ``chi2nu_nn``: the network's parameters against the same pixels and the
     same (final) neighbours."""
     N = len(st.src)
     keys = ("chi2nu", "snr", "psf_mag", "psf_mag_err", "rff", "rff_err", "asym", "asym_err",
-            "chi2nu_in", "re_upper")
+            "chi2nu_in", "re_upper", "psf_flux", "psf_flux_err", "psf_x", "psf_y", "psf_x_err",
+            "psf_y_err")
     out = {k: np.full(N, np.nan) for k in (*keys, "chi2nu_nn")}
     for gi, g in enumerate(st.groups):
         others = st.others(gi)
@@ -300,12 +381,16 @@ def _measure(st: _Frame, params: dict, flags: np.ndarray, fwhm: float, nn=None) 
         sp["y"] = params["y"][idx] - g.y0
         sp.update(chi2nu=c2, snr=snr)
         q = point_and_misfit(g.data, g.sigma, g.mask, own, others, st.psf_of(idx), sp,
-                             fwhm=fwhm, zeropoint=st.fd.zeropoint)
+                             fwhm=fwhm, zeropoint=st.fd.zeropoint,
+                             source_noise=st.fd.meta.get("gain") is not None)
         for k in keys[2:]:
             out[k][idx] = q[k]
+        out["psf_x"][idx] += g.x0  # cutout -> frame pixels
+        out["psf_y"][idx] += g.y0
         flags[idx] |= np.where(q["point"], int(Flag.POINT_SOURCE), 0)
         flags[idx] |= np.where(q["unresolved"], int(Flag.UNRESOLVED), 0)
-        flags[idx] |= np.where(q["misfit"], int(Flag.MISFIT), 0)
+        if nn is not None:  # MISFIT after a fit only (galnet.fitting.assess.assess_stamps)
+            flags[idx] |= np.where(q["misfit"], int(Flag.MISFIT), 0)
     with np.errstate(invalid="ignore"):
         flags |= np.where(out["snr"] < LOW_SNR_LIMIT, int(Flag.LOW_SNR), 0)
     return out
@@ -351,8 +436,9 @@ def run_frame(frame, psf, out=None, *, detect: bool = True, positions=None, weig
     snr_min : sources detected with a lower S/N are not modelled (their pixels are masked).
     gain : e- per image unit: adds the sources' Poisson noise to the frame's sky noise for the
         fits, chi2nu and the misfit test (:func:`galnet.frame.inputs.add_source_noise`)
-        [default: none; a weight or sky-only noise map then understates the noise on bright
-        sources: their chi2nu is high and MISFIT fires too often].
+        [default: :func:`galnet.frame.inputs.frame_gain`: a header GAIN checked against the
+        sky's level / variance, else that estimate, else none (the misfit test then assumes a
+        sky-limited source noise); provenance ``sources.gain`` says which].
     progress : log the steps.   overwrite : replace existing outputs.
     command : the command line for the provenance [default: sys.argv].
 
@@ -387,6 +473,7 @@ def run_frame(frame, psf, out=None, *, detect: bool = True, positions=None, weig
     fwhm = psf_fwhm_pix(centre_psf[0])
     src = find_sources(fd, fwhm=fwhm, stamp=preset.stamp, detect=positions is None,
                        positions=positions, snr_min=snr_min)
+    gain, fd.meta["gain_source"] = frame_gain(fd, gain)  # argument > checked header > sky
     if gain is not None:  # after detection: its thresholds are in units of the sky noise
         fd = add_source_noise(fd, gain)
     if len(src) == 0:
@@ -414,9 +501,10 @@ def run_frame(frame, psf, out=None, *, detect: bool = True, positions=None, weig
     res["chi2nu"], res["snr"] = m["chi2nu"], m["snr"]
     unres = (flags & int(Flag.UNRESOLVED)) != 0
     res["re_pix"] = np.where(unres & np.isfinite(m["re_upper"]), m["re_upper"], res["re_pix"])
+    star = use_point_fits(res, flags, m, fwhm)  # stars: position and flux of the PSF fit
     bad = ~np.all([np.isfinite(res[k]) & np.isfinite(res[f"{k}_err"]) for k in FIT_COLUMNS],
                   axis=0)
-    flags |= np.where(bad, int(Flag.NONFINITE), 0)
+    flags |= np.where(bad & ~star, int(Flag.NONFINITE), 0)
     x0 = np.empty(len(src), np.int64)
     y0 = np.empty(len(src), np.int64)
     for g in st.groups:
@@ -434,7 +522,7 @@ def run_frame(frame, psf, out=None, *, detect: bool = True, positions=None, weig
               (("frame", frame), ("psf", psf), ("positions", positions), ("weight", weight),
                ("variance", variance), ("sigma", sigma), ("frame_mask", frame_mask))
               if v is not None}
-    sources = {k: str(fd.meta[f"{k}_source"]) for k in ("zeropoint", "pixel_scale")
+    sources = {k: str(fd.meta[f"{k}_source"]) for k in ("zeropoint", "pixel_scale", "gain")
                if f"{k}_source" in fd.meta}
     for k, v in sources.items():
         if v.startswith("preset"):

@@ -56,7 +56,7 @@ def fit_cutouts(fd, cut, psfs, start: dict, others: np.ndarray, *, ids, flags, m
                   **{f"{k}_err": np.asarray(start[f"{k}_err"], float) for k in FIT_COLUMNS}},
                  meta={"first_guess": "nn (frame)"})
     t = fit(b, init=init, auto_mask_neighbours=False, model=model, device=device,
-            neighbours=others, guard=True, prior=True)
+            neighbours=others, guard=True, prior=True, assess=False)
     out = {}
     for k in FIT_COLUMNS:
         for c in (k, f"{k}_err"):

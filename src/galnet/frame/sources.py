@@ -4,7 +4,9 @@ positions catalogue, each with its cutout side and rebinning factor.
 :func:`find_sources` returns a :class:`Sources` (frame pixels, 0-based): detection gives ids =
 segment labels, centroids, S/N and the light's extent; positions (``x, y`` or ``ra, dec`` with a
 WCS; optional ``id``) are matched to the detection segments under them for their size (a position
-on no segment gets the network's stamp, rebin 1). Sources with ``snr < snr_min`` (or detected but
+on no segment gets the network's stamp, rebin 1). Deblended pieces of one galaxy are merged into
+it first (:mod:`galnet.io.merge`: a faint piece on a brighter child's light; point-like children
+stay separate). Sources with ``snr < snr_min`` (or detected but
 not in the positions) are *not modelled*: their segment pixels are masked in every cutout
 (:meth:`Sources.unmodelled_mask`); everything else is modelled, never masked.
 """
@@ -12,7 +14,7 @@ not in the positions) are *not modelled*: their segment pixels are masked in eve
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,6 +35,8 @@ class Sources:
     k (the network sees ``stamp * k`` px block-summed to ``stamp``).   label : segment label of
     each source (0 = none).   segm : (H, W) int segmentation of the frame, or None.
     unmodelled : labels of detected segments that are not modelled (masked).
+    merged : ``{label: (piece labels)}``: deblended pieces of one galaxy merged into it
+    (:func:`galnet.io.merge.merge_pieces`; their pixels carry the host's label in ``segm``).
     """
 
     ids: np.ndarray
@@ -44,6 +48,7 @@ class Sources:
     label: np.ndarray
     segm: np.ndarray | None
     unmodelled: np.ndarray
+    merged: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.x.size)
@@ -122,10 +127,12 @@ def read_positions(positions, wcs, name: str) -> tuple[np.ndarray, np.ndarray, n
 
 
 def find_sources(fd, *, fwhm: float, stamp: int, detect: bool = True, positions=None,
-                 snr_min: float = 5.0, max_rebin: int | None = None) -> Sources:
+                 snr_min: float = 5.0, max_rebin: int | None = None,
+                 merge: bool = True) -> Sources:
     """The sources of the :class:`~galnet.frame.inputs.FrameData` ``fd`` (module docstring).
 
-    ``fwhm``: the PSF FWHM (px) for the detection filter; ``stamp``: the network's stamp side.
+    ``fwhm``: the PSF FWHM (px) for the detection filter; ``stamp``: the network's stamp side;
+    ``merge``: merge the deblended pieces of one galaxy (:func:`galnet.io.merge.merge_pieces`).
     """
     from galnet.io.detect import cutout_plan
     from galnet.io.detect import detect as detect_sources
@@ -133,6 +140,12 @@ def find_sources(fd, *, fwhm: float, stamp: int, detect: bool = True, positions=
 
     kmax = MAX_REBIN if max_rebin is None else int(max_rebin)
     cat, segm = detect_sources(fd.data, fd.sigma, fd.mask, psf_fwhm_pix=float(fwhm))
+    merged: dict = {}
+    if merge and len(cat) > 1:
+        from galnet.io.merge import merge_pieces
+
+        cat, segm, merged = merge_pieces(fd.data, fd.sigma, fd.mask, cat, segm,
+                                         psf_fwhm_pix=float(fwhm))
     if len(cat):
         size_d, rebin_d = cutout_plan(cat, stamp=stamp, max_rebin=kmax)
         labels_d = np.asarray(cat["id"], dtype=np.int64)
@@ -146,7 +159,7 @@ def find_sources(fd, *, fwhm: float, stamp: int, detect: bool = True, positions=
                        np.asarray(cat["y"], float)[keep], snr_d[keep],
                        quantise_sizes(np.asarray(size_d)[keep], stamp),
                        np.asarray(rebin_d, np.int64)[keep], labels_d[keep], segm,
-                       labels_d[~keep])
+                       labels_d[~keep], merged)
     x, y, ids = read_positions(positions, fd.wcs, fd.name)
     H, W = fd.shape
     on = (x > -0.5) & (x < W - 0.5) & (y > -0.5) & (y < H - 0.5)
@@ -169,4 +182,4 @@ def find_sources(fd, *, fwhm: float, stamp: int, detect: bool = True, positions=
     snr[has] = snr_d[idx[has]]
     unmodelled = np.setdiff1d(labels_d, lab[has])
     return Sources(np.asarray(ids), x, y, snr, quantise_sizes(size, stamp), rebin, lab, segm,
-                   unmodelled)
+                   unmodelled, merged)

@@ -352,18 +352,34 @@ def result_flags(res: dict[str, np.ndarray], model: GaLNet, base=None) -> np.nda
 
 
 def predict(stamps, *, model: GaLNet | str | Path | None = None, device="cpu", batch: int = 2048,
-            chi2: bool = True, models_out=None, progress: bool = False):
+            chi2: bool = True, models_out=None, progress: bool = False, assess=None):
     """The ``galnet predict`` catalogue (astropy QTable with units) of a
-    :class:`galnet.io.batch.StampBatch`. Positions and radii are mapped to the input pixels."""
+    :class:`galnet.io.batch.StampBatch`. Positions and radii are mapped to the input pixels.
+
+    ``assess``: optional ``assess(stamps, res, flags, models) -> columns`` run on the
+    stamp-pixel results and the rendered models (with ``chi2`` only; it may change ``res`` and
+    ``flags`` in place; the returned columns are appended), e.g. the point-source and misfit
+    step of the layer that calls this one (:func:`galnet.fitting.assess.assess_stamps`)."""
     from galnet.io.catalog import stamp_catalog
 
     dev = resolve_device(device)
     model = _model(model, dev)
+    models = None
+    if assess is not None and chi2:
+        models = np.full(stamps.images.shape, np.nan)
+
+        def keep(lo, m, sink=models_out):
+            models[lo:lo + len(m)] = m
+            if sink is not None:
+                sink(lo, m)
     res = _run(stamps.images, stamps.psfs, stamps.sigma, stamps.mask, model, dev, batch, chi2,
-               models_out, progress)
+               models_out if models is None else keep, progress)
     flags = result_flags(res, model, stamps.flags)
-    return stamp_catalog(stamps, res, flags,
-                         {"model": str(model.config.info.get("name", "galnet"))})
+    cols = {} if models is None else assess(stamps, res, flags, models)
+    t = stamp_catalog(stamps, res, flags, {"model": str(model.config.info.get("name", "galnet"))})
+    for k, v in cols.items():
+        t[k] = v
+    return t
 
 
 def predict_files(
@@ -388,6 +404,7 @@ def predict_files(
     progress: bool = True,
     overwrite: bool = False,
     command=None,
+    assess=None,
 ):
     """``galnet predict``: stamps (``images``) or a ``frame`` with ``positions`` -> catalogue
     ``out`` (.ecsv / .fits / .parquet, written atomically; an existing file is refused unless
@@ -400,7 +417,9 @@ def predict_files(
     per-object WCS), written atomically at the end (nothing under that name if the run stops).
     ``meta['provenance']`` records the galnet version, ``command`` [default: sys.argv], the inputs,
     the weights (name, sha256), the options and where the zeropoint and pixel scale came from (a
-    warning is logged when they are a preset's defaults). Returns the catalogue (QTable)."""
+    warning is logged when they are a preset's defaults). ``assess``: as :func:`predict` (the
+    CLI passes the point-source and misfit step, :func:`galnet.fitting.assess.assessor`).
+    Returns the catalogue (QTable)."""
     import contextlib
 
     from astropy.table import vstack
@@ -433,7 +452,7 @@ def predict_files(
                 def sink(lo, models, b=b):
                     writer.add(b, models, start=lo)
             return predict(b, model=model, device=dev, chi2=chi2 or writer is not None,
-                           models_out=sink)
+                           models_out=sink, assess=assess if chi2 else None)
 
         tables = run_batches(one, batches, total=len(batches), progress=progress,
                              desc="predict")
@@ -445,6 +464,7 @@ def predict_files(
                   "frame": frame, "positions": positions, "psf_positions": psf_positions}
         options = {"pixel_scale": pixel_scale, "zeropoint": zeropoint, "preset": str(preset),
                    "device": str(device), "chunk": chunk, "chi2": chi2,
+                   **getattr(assess, "options", {}),
                    "save_models": None if models_path is None else str(models_path)}
         t.meta["provenance"] = _provenance(command, inputs, weights, options, first_meta)
         if writer is not None:
