@@ -4,11 +4,16 @@
 
 1. read the frame, its noise (weight / variance / sigma map, else photutils ``Background2D``)
    and mask; a sky left in the image is removed with a warning (:mod:`galnet.frame.inputs`);
-2. detect and deblend the sources (photutils), or take ``positions``; sources below
-   ``snr_min`` are not modelled and their segments are masked (:mod:`galnet.frame.sources`);
+2. detect and deblend the sources (photutils), or take ``positions``; deblended pieces of one
+   galaxy are merged back (:mod:`galnet.io.merge`); sources below ``snr_min`` are not modelled
+   and their segments are masked (:mod:`galnet.frame.sources`); then the gain's source noise
+   joins the sky noise and saturated pixels leave the fits (:mod:`galnet.frame.inputs`);
 3. size a cutout to each source; the network's 61 x 61 input block-averages a larger source by
-   ``k`` = 2, 3, ... (flag ``REBINNED``), the PSF binned alike (:mod:`galnet.frame.stamps`);
-4. run GaLNet on every stamp: first parameters, mapped back to frame pixels;
+   ``k`` = 2, 3, ... (flag ``REBINNED``), the PSF binned alike and the stamp smoothed back to
+   the training seeing (:mod:`galnet.frame.stamps`, :mod:`galnet.frame.zoom`);
+4. run GaLNet on every stamp: first parameters, mapped back to frame pixels; a source whose
+   predicted light overflows the network's reach is run again at a coarser ``k``
+   (:func:`galnet.frame.zoom.zoom_out`) and its cutout grown to hold it;
 5. model the neighbours (:mod:`galnet.frame.neighbours`): every source's model is rendered at
    native pixels into a frame-sized model image; each target is measured (and, with ``refine``,
    fitted) on its native cutout with the other sources' model subtracted -- never masked;
@@ -20,7 +25,7 @@
    final neighbours (:func:`_final_guard`; ``chi2nu_nn`` is on those same pixels);
 7. on the final models: ``chi2nu`` and ``snr`` on native pixels, the point-source test
    (``POINT_SOURCE``, ``UNRESOLVED`` with the 95% upper limit as ``re_pix``, ``psf_mag``) and the
-   misfit flag (``MISFIT``); the catalogue (:mod:`galnet.frame.catalogue`) and, with
+   misfit flag (``MISFIT``, after a refine only); the catalogue (:mod:`galnet.frame.catalogue`) and, with
    ``save_models``, the data / model (target + neighbours) / residual / mask of every cutout.
 """
 
@@ -35,7 +40,7 @@ import numpy as np
 from galnet.errors import GalnetValueError
 from galnet.flags import LOW_SNR_LIMIT, Flag
 from galnet.frame.catalogue import count_neighbours, frame_catalog, use_point_fits
-from galnet.frame.inputs import add_source_noise, frame_gain, read_frame
+from galnet.frame.inputs import add_source_noise, frame_gain, mask_saturated, read_frame
 from galnet.frame.measure import fit_stats, point_and_misfit
 from galnet.frame.neighbours import (
     LIGHT_SIGMA,
@@ -476,6 +481,7 @@ def run_frame(frame, psf, out=None, *, detect: bool = True, positions=None, weig
     gain, fd.meta["gain_source"] = frame_gain(fd, gain)  # argument > checked header > sky
     if gain is not None:  # after detection: its thresholds are in units of the sky noise
         fd = add_source_noise(fd, gain)
+    fd = mask_saturated(fd)  # after detection too: it sees a saturated star whole
     if len(src) == 0:
         raise GalnetValueError(f"{fd.name}: no source detected with S/N >= {snr_min:g}",
                                "frame")
