@@ -24,9 +24,9 @@
    more than :data:`REFIT_SIGMA`), then a last accept-or-revert against the network with the
    final neighbours (:func:`_final_guard`; ``chi2nu_nn`` is on those same pixels);
 7. on the final models: ``chi2nu`` and ``snr`` on native pixels, the point-source test
-   (``POINT_SOURCE``, ``UNRESOLVED`` with the 95% upper limit as ``re_pix``, ``psf_mag``) and the
-   misfit flag (``MISFIT``, after a refine only); the catalogue (:mod:`galnet.frame.catalogue`) and, with
-   ``save_models``, the data / model (target + neighbours) / residual / mask of every cutout.
+   (``POINT_SOURCE``, ``UNRESOLVED`` with the 95% upper limit as ``re_pix``, ``psf_mag``) and
+   the misfit flag (``MISFIT``, after a refine only); the catalogue
+   (:mod:`galnet.frame.catalogue`) and, with ``save_models``, the data / model (target + neighbours) / residual / mask of every cutout.
 """
 
 from __future__ import annotations
