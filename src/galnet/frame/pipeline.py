@@ -26,7 +26,8 @@
 7. on the final models: ``chi2nu`` and ``snr`` on native pixels, the point-source test
    (``POINT_SOURCE``, ``UNRESOLVED`` with the 95% upper limit as ``re_pix``, ``psf_mag``) and
    the misfit flag (``MISFIT``, after a refine only); the catalogue
-   (:mod:`galnet.frame.catalogue`) and, with ``save_models``, the data / model (target + neighbours) / residual / mask of every cutout.
+   (:mod:`galnet.frame.catalogue`) and, with ``save_models``, the data / model (target +
+   neighbours) / residual / mask of every cutout.
 """
 
 from __future__ import annotations
