@@ -368,7 +368,8 @@ def pedestal(fr: Frame, x, y, re, level: float = 0.5) -> np.ndarray:
     within max(3 re, 5 px) of (x, y): the object sits on a real source's outskirts (a galaxy's
     disc, a star's halo) even where no segment is detected there."""
     (H, W), out = fr.data.shape, np.zeros(len(x), bool)
-    light = (fr.data - fr.sky) / np.where(np.isfinite(fr.sigma), fr.sigma, np.inf)
+    sky = 0.0 if fr.sky is None else fr.sky
+    light = (fr.data - sky) / np.where(np.isfinite(fr.sigma), fr.sigma, np.inf)
     for i in range(len(x)):
         r = max(3.0 * float(re[i]), 5.0)
         ya, yb = max(int(y[i] - r), 0), min(int(y[i] + r) + 1, H)
