@@ -125,6 +125,10 @@ def frame_catalog(fd, ids, res: dict, flags, extra: dict, meta: dict):
     for k in ("niter", "converged"):
         if k in extra:
             t[k] = np.asarray(extra[k])
+    if "sky" in extra:
+        t["sky"] = np.asarray(extra["sky"], float)
+        t["sky"].info.description = ("local flat sky under the source's cutout fitted with it "
+                                     "(image units, on top of the frame's sky)")
     if "chi2nu_nn" in extra:
         t["chi2nu_nn"] = np.asarray(extra["chi2nu_nn"], float)
         t["chi2nu_nn"].info.description = "chi2nu of the network's parameters, same pixels"

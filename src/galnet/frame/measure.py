@@ -14,7 +14,7 @@ import numpy as np
 
 from galnet.params import SERSIC
 
-__all__ = ["fit_stats", "point_and_misfit", "POINT_TEST_SIZE"]
+__all__ = ["fit_stats", "local_sky", "point_and_misfit", "POINT_TEST_SIZE"]
 
 #: Side (px) of the central crop of a cutout on which the PSF competes with the Sérsic.
 POINT_TEST_SIZE = 61
@@ -33,6 +33,18 @@ def fit_stats(data, sigma, mask, own, others) -> tuple[np.ndarray, np.ndarray]:
     chi2nu[bad] = np.nan
     snr[bad] = np.nan
     return chi2nu, snr
+
+
+def local_sky(data, sigma, mask, own, others) -> np.ndarray:
+    """(N,) the best flat sky under each cutout's model: the ``1/sigma^2``-weighted mean of
+    ``data - others - own`` over its unmasked pixels (0 where none). The refine fits this
+    pedestal with each source (``sky="flat"``, as GALFIT users do); every later comparison on
+    the cutout (the frame-level guard, chi2nu, the point and misfit tests) subtracts it, for the
+    fitted and for the network's model alike."""
+    w = np.where(np.asarray(mask, bool), 0.0, 1.0 / np.asarray(sigma, np.float64) ** 2)
+    r = np.asarray(data, np.float64) - others - own
+    den = w.sum(axis=(1, 2))
+    return np.where(den > 0, (w * r).sum(axis=(1, 2)) / np.where(den > 0, den, 1.0), 0.0)
 
 
 def point_and_misfit(data, sigma, mask, own, others, psfs, stamp_params: dict, *,

@@ -42,7 +42,7 @@ from galnet.errors import GalnetValueError
 from galnet.flags import LOW_SNR_LIMIT, Flag
 from galnet.frame.catalogue import count_neighbours, frame_catalog, use_point_fits
 from galnet.frame.inputs import add_source_noise, frame_gain, mask_saturated, read_frame
-from galnet.frame.measure import fit_stats, point_and_misfit
+from galnet.frame.measure import fit_stats, local_sky, point_and_misfit
 from galnet.frame.neighbours import (
     LIGHT_SIGMA,
     ModelCanvas,
@@ -250,7 +250,7 @@ def _refine(st: _Frame, nn: dict, flags: np.ndarray, model, device) -> tuple[dic
                 r = fit_cutouts(st.fd, _Sub(g, rows), st.psf_of(idx),
                                 {k: v[idx] for k, v in nn.items()}, others,
                                 ids=st.src.ids[idx], flags=flags[idx], model=model,
-                                device=device)
+                                device=device, sky="flat" if LOCAL_SKY else "none")
                 for k in nn:
                     params[k][idx] = r[k]
                 flags[idx] = r["flags"]
@@ -333,8 +333,9 @@ def _guard_round(st: _Frame, nn: dict, params: dict, flags: np.ndarray, dirty=No
         own = st.own[gi] if every else st.own[gi][check]
         ref = st.network_models(nn)[gi]
         others = st.canvas.others(own, sub.x0, sub.y0)
-        c_fit = fit_stats(sub.data, sub.sigma, sub.mask, own, others)[0]
-        c_nn = fit_stats(sub.data, sub.sigma, sub.mask, ref if every else ref[check], others)[0]
+        ref = ref if every else ref[check]
+        c_fit = fit_stats(sub.data, sub.sigma, sub.mask, own, _with_sky(sub, own, others))[0]
+        c_nn = fit_stats(sub.data, sub.sigma, sub.mask, ref, _with_sky(sub, ref, others))[0]
         with np.errstate(invalid="ignore"):
             rows = check[c_fit > c_nn * (1 + 1e-6)]
         if rows.size == 0:
@@ -351,6 +352,24 @@ def _guard_round(st: _Frame, nn: dict, params: dict, flags: np.ndarray, dirty=No
                       dirty)
         n += rows.size
     return n
+
+
+#: The refine fits a flat local sky with each source (GALFIT's habit): a pedestal the frame's
+#: Background2D left (faint neighbours, a galaxy's outskirts) otherwise goes into the wings of
+#: the Sérsic. Injected GalSim galaxies in KiDS r/i and VST frames (benchmarks/inject_frames.py
+#: --frames kids_r vst_r kids_i --n-galaxies 300 --seed 3), re >= FWHM/2: refine R2 log re
+#: 0.675 -> 0.828, R2 log n 0.624 -> 0.779, catastrophic 10.7 % -> 5.3 % (network 0.821,
+#: 0.658, 2.3 %).
+LOCAL_SKY = True
+
+
+def _with_sky(g, own, others) -> np.ndarray:
+    """``others`` plus the best flat sky under ``own`` (:func:`local_sky`) when the refine fits
+    one (:data:`LOCAL_SKY`)."""
+    if not LOCAL_SKY:
+        return others
+    sky = local_sky(g.data, g.sigma, g.mask, own, others)
+    return others + sky[:, None, None]
 
 
 class _Sub:
@@ -371,16 +390,20 @@ def _measure(st: _Frame, params: dict, flags: np.ndarray, fwhm: float, nn=None) 
     keys = ("chi2nu", "snr", "psf_mag", "psf_mag_err", "rff", "rff_err", "asym", "asym_err",
             "chi2nu_in", "re_upper", "psf_flux", "psf_flux_err", "psf_x", "psf_y", "psf_x_err",
             "psf_y_err")
-    out = {k: np.full(N, np.nan) for k in (*keys, "chi2nu_nn")}
+    out = {k: np.full(N, np.nan) for k in (*keys, "chi2nu_nn", "sky")}
     for gi, g in enumerate(st.groups):
-        others = st.others(gi)
         own = st.own[gi]
+        others = st.others(gi)
+        if nn is not None:  # after a refine: its local sky (LOCAL_SKY) is part of the model
+            ref = st.network_models(nn)[gi]
+            out["chi2nu_nn"][g.index] = fit_stats(g.data, g.sigma, g.mask, ref,
+                                                  _with_sky(g, ref, others))[0]
+            bare = others
+            others = _with_sky(g, own, others)
+            out["sky"][g.index] = (others - bare)[:, 0, 0]
         c2, snr = fit_stats(g.data, g.sigma, g.mask, own, others)
         idx = g.index
         out["chi2nu"][idx], out["snr"][idx] = c2, snr
-        if nn is not None:
-            out["chi2nu_nn"][idx] = fit_stats(g.data, g.sigma, g.mask,
-                                              st.network_models(nn)[gi], others)[0]
         sp = {k: np.asarray(params[k], float)[idx] for k in
               ("re_pix", "re_pix_err", "n", "q", "pa_deg")}
         sp["x"] = params["x"][idx] - g.x0
@@ -402,13 +425,17 @@ def _measure(st: _Frame, params: dict, flags: np.ndarray, fwhm: float, nn=None) 
     return out
 
 
-def _save(path, st: _Frame, overwrite: bool, meta: dict) -> None:
+def _save(path, st: _Frame, overwrite: bool, meta: dict, sky=None) -> None:
+    """The models file; ``sky`` (frame order): each source's local sky, part of its model."""
     from galnet.io.models import ModelWriter
 
     with ModelWriter(path, overwrite=overwrite) as w:
         for gi, g in enumerate(st.groups):
             idx = g.index
-            w.add_arrays(ids=st.src.ids[idx], data=g.data, model=st.own[gi] + st.others(gi),
+            model = st.own[gi] + st.others(gi)
+            if sky is not None:
+                model = model + np.nan_to_num(sky[idx])[:, None, None]
+            w.add_arrays(ids=st.src.ids[idx], data=g.data, model=model,
                          mask=g.mask, x0=g.x0, y0=g.y0, rebin=np.ones(len(idx), np.int64),
                          input_x=st.src.x[idx], input_y=st.src.y[idx], wcs=st.fd.wcs,
                          sigma=g.sigma)
@@ -504,6 +531,8 @@ def run_frame(frame, psf, out=None, *, detect: bool = True, positions=None, weig
     m = _measure(st, params, flags, fwhm, nn if refine else None)
     if refine:
         extra["chi2nu_nn"] = m["chi2nu_nn"]
+        if LOCAL_SKY:
+            extra["sky"] = m["sky"]
     res = {k: np.asarray(params[k], float).copy() for k in params}
     res["chi2nu"], res["snr"] = m["chi2nu"], m["snr"]
     unres = (flags & int(Flag.UNRESOLVED)) != 0
@@ -541,7 +570,8 @@ def run_frame(frame, psf, out=None, *, detect: bool = True, positions=None, weig
     meta["frame"]["psf_fwhm_pix"] = float(fwhm)
     t = frame_catalog(fd, src.ids, res, flags, extra, meta)
     if save_models is not None:
-        _save(save_models, st, overwrite, {"provenance": meta["provenance"]})
+        _save(save_models, st, overwrite, {"provenance": meta["provenance"]},
+              extra.get("sky"))
     if out is not None:
         write_catalog(t, out, overwrite=overwrite)
     dt = time.perf_counter() - t0

@@ -36,9 +36,10 @@ def _batch(fd, cut, psfs, ids, flags):
 
 
 def fit_cutouts(fd, cut, psfs, start: dict, others: np.ndarray, *, ids, flags, model=None,
-                device="cpu") -> dict[str, np.ndarray]:
+                device="cpu", sky: str = "none") -> dict[str, np.ndarray]:
     """Fit the cutouts ``cut`` (:class:`galnet.frame.stamps.Cutouts`) from ``start`` (frame-pixel
-    network values and ``_err``, arrays of the group's length) with ``others`` subtracted.
+    network values and ``_err``, arrays of the group's length) with ``others`` subtracted;
+    ``sky``: ``"flat"`` fits a constant local sky with each source.
 
     Returns frame-pixel ``x, y, flux, re_pix, n, q, pa_deg`` and ``_err``, ``flags`` (the fit's,
     with the input ``flags``), ``niter``, ``converged``, ``chi2nu_nn`` (NaN when the fitter does
@@ -56,7 +57,7 @@ def fit_cutouts(fd, cut, psfs, start: dict, others: np.ndarray, *, ids, flags, m
                   **{f"{k}_err": np.asarray(start[f"{k}_err"], float) for k in FIT_COLUMNS}},
                  meta={"first_guess": "nn (frame)"})
     t = fit(b, init=init, auto_mask_neighbours=False, model=model, device=device,
-            neighbours=others, guard=True, prior=True, assess=False)
+            neighbours=others, guard=True, prior=True, assess=False, sky=sky)
     out = {}
     for k in FIT_COLUMNS:
         for c in (k, f"{k}_err"):
