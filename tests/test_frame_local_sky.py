@@ -56,3 +56,26 @@ def test_pedestal_under_a_galaxy_goes_into_sky(monkeypatch):
     assert "sky" not in t0.colnames
     err0 = abs(float(t0["re_pix"].value[i0]) / 5.0 - 1)
     assert err < err0, (err, err0)
+
+
+def test_sky_prior_holds_the_flat_sky_near_zero():
+    """FitConfig.sky_prior: a Gaussian prior on the fitted flat sky (units of the stamp's
+    median noise); without it the sky follows a pedestal, with a tight one it stays near 0."""
+    from dataclasses import replace
+
+    from galnet.fitting.lm import fit_arrays
+    from galnet.fitting.problem import DEFAULT_FIT
+    from galnet.profiles.render import render
+
+    truth = dict(x=np.array([30.0]), y=np.array([30.0]), flux=np.array([3000.0]),
+                 re_pix=np.array([4.0]), n=np.array([1.5]), q=np.array([0.8]),
+                 pa_deg=np.array([20.0]))
+    psf = gaussian_psf()
+    img = render(truth, psf, (61, 61)) + 0.5
+    img = img + np.random.default_rng(5).normal(0.0, 1.0, img.shape)
+    init = {k: v * (1.1 if k == "re_pix" else 1.0) for k, v in truth.items()}
+    free = fit_arrays(img, psf, sigma=np.ones(img.shape), init=init, sky="flat")
+    held = fit_arrays(img, psf, sigma=np.ones(img.shape), init=init, sky="flat",
+                      config=replace(DEFAULT_FIT, sky_prior=0.002))
+    assert abs(free["sky"][0] - 0.5) < 0.1
+    assert abs(held["sky"][0]) < 0.2 * abs(free["sky"][0])

@@ -296,6 +296,12 @@ def fit_arrays(
         ps = psfs if psfs.shape[0] == 1 else psfs[s:e]
         pr = None if prior is None else _prior_arrays(prior, slice(s, e), npar, dev,
                                                       config.prior_scale)
+        if fitsky and config.sky_prior:  # internal units: the stamp's median noise
+            if pr is None:
+                z = torch.zeros((e - s, npar), dtype=torch.float64, device=dev)
+                pr = (z, z.clone())
+            pr[0][:, 7] = 0.0
+            pr[1][:, 7] = 1.0 / float(config.sky_prior) ** 2
         prob = Problem(tt(data[s:e]), tt(wt[s:e]), tt(ps), (H, W), fitsky, config, pr)
         u0 = u0_all[s:e]
         if fitsky:

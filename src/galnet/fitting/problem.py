@@ -69,6 +69,9 @@ class FitConfig:
     prior_scale : width of a prior (``fit_arrays(prior=...)``) in units of its given errors
         (the network's errors are calibrated on its training set; 1 measured better than 2 on
         GalSim stamps in real backgrounds, docs/fit.md). [default: 1]
+    sky_prior : with ``sky="flat"``: width of a Gaussian prior on the sky around 0, in units of
+        the stamp's median noise (a pedestal the frame's sky estimate can have left is small;
+        a free sky trades against the wings of a high-n profile). [default: None, no prior]
     render : renderer accuracy for the model. [default: exact]
     jac_render : cheaper renderer for the finite-difference Jacobian (it steers the steps and
         gives the errors, not the minimum) [default: windows 2-9 px]; None: render.
@@ -84,6 +87,7 @@ class FitConfig:
     batch: int = 256
     dtype: str = "float32"
     prior_scale: float = 1.0
+    sky_prior: float | None = None
     render: RenderConfig = field(default=DEFAULT_CONFIG)
     jac_render: RenderConfig | None = field(
         default=RenderConfig(window=2, windows=(4, 9), edge_tol=None))

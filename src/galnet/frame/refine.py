@@ -11,8 +11,11 @@ the pixels off the frame and the segments of sources that are not modelled.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
+from galnet.fitting.problem import DEFAULT_FIT
 from galnet.flags import Flag
 
 __all__ = ["fit_cutouts", "FIT_COLUMNS"]
@@ -33,6 +36,13 @@ def _batch(fd, cut, psfs, ids, flags):
                       cut.y0.astype(np.float64), np.zeros(n), np.zeros(n), rms,
                       fd.pixel_scale, fd.zeropoint, {"frame": fd.name, "sigma": "frame noise"},
                       None)
+
+
+#: The frame refine's fit configuration: a local flat sky (``sky="flat"``) with a weak Gaussian
+#: prior of 0.1 x the noise per pixel around 0. Weak: a 61 px cutout measures a flat sky to
+#: ~0.02 sigma, so it only bites on small or heavily masked cutouts; it does not stop the sky
+#: trading against the wings of high-n galaxies (VST frame: skies of -0.9 sigma with n -> 7).
+FRAME_FIT = replace(DEFAULT_FIT, sky_prior=0.1)
 
 
 def fit_cutouts(fd, cut, psfs, start: dict, others: np.ndarray, *, ids, flags, model=None,
@@ -57,7 +67,8 @@ def fit_cutouts(fd, cut, psfs, start: dict, others: np.ndarray, *, ids, flags, m
                   **{f"{k}_err": np.asarray(start[f"{k}_err"], float) for k in FIT_COLUMNS}},
                  meta={"first_guess": "nn (frame)"})
     t = fit(b, init=init, auto_mask_neighbours=False, model=model, device=device,
-            neighbours=others, guard=True, prior=True, assess=False, sky=sky)
+            neighbours=others, guard=True, prior=True, assess=False, sky=sky,
+            config=FRAME_FIT)
     out = {}
     for k in FIT_COLUMNS:
         for c in (k, f"{k}_err"):
