@@ -1,7 +1,7 @@
 """Frame-mode speed: a per-step time table of :func:`galnet.frame.pipeline.run_frame`.
 
     python benchmarks/bench_frame.py --frame ../shared/data/frames/kids_viking_9band/r.fits \
-        --hdu 1 --psf /tmp/h1/kids_r_psf.fits --pixel-scale 0.339 [--refine] [--out CAT.ecsv]
+        --hdu 1 --psf kids_r_psf.fits --pixel-scale 0.339 [--refine] [--out CAT.ecsv]
         [--threads 2] [--profile prof.out] [--old-guard]
 
 The PSF of a frame without one comes from ``scripts/frame_psf.py FRAME PSF.fits``. The run is

@@ -49,7 +49,8 @@ Calibrated on 61x61 stamps of isolated galaxies, S/N 20-1000; not flagged below 
 
 Without the gain (a sky-only sigma and no way to know the source noise): pass
 ``gain=assumed_gain(sigma)``, a low gain (:data:`ASSUMED_GAIN_SIGMA` = ``gain x sigma_sky``,
-a sky of 225 e-/px) that allows for more source noise than most data have. Measured on the
+a sky of 225 e-/px) that allows for more source noise than most data have. Measured
+(``scripts/calibrate_misfit_skyonly.py simulate --seed 1|2``, then ``rates``) on the
 galaxies of ``scripts/calibrate_misfit.py`` (true ``gain x sigma_sky`` 10-1000, log-uniform),
 fitted by ``fit_arrays`` and tested with the sky-only sigma, two seeds of 300 galnet + 150
 GalSim single Sérsics and 120 two-component + 120 clumpy galaxies, % flagged at S/N >= 20
