@@ -60,6 +60,7 @@ from galnet.fitting.problem import (
     project,
     stamp_bounds,
     stamp_scale,
+    subtract_neighbours,
     to_internal,
 )
 from galnet.params import SERSIC
@@ -253,11 +254,7 @@ def fit_arrays(
     images = as_array3(images, "images")
     N, H, W = images.shape
     if neighbours is not None:
-        nb = as_array3(neighbours, "neighbours")
-        if nb.shape != images.shape:
-            raise GalnetValueError(f"neighbours must have the shape of the images "
-                                   f"{images.shape}, got {nb.shape}", "neighbours")
-        images = images - np.where(np.isfinite(nb), nb, 0.0)
+        images = subtract_neighbours(images, neighbours)[0]
     psfs = check_psfs(psfs, N)
     data, wt = noise_weights(images, sigma, mask, gain)
     if init is None:

@@ -30,7 +30,7 @@ import torch
 
 from galnet.conventions import magnitudes
 from galnet.errors import GalnetValueError
-from galnet.fitting.problem import as_array3, check_psfs
+from galnet.fitting.problem import as_array3, check_psfs, subtract_neighbours
 from galnet.profiles.quadrature import quintic
 from galnet.profiles.render import render
 
@@ -156,11 +156,7 @@ def fit_psf(images, psfs, wt, *, x0, y0, neighbours=None, mask=None, n_iter: int
     if mask is not None:
         w = np.where(as_array3(mask, "mask") != 0, 0.0, w)
     if neighbours is not None:
-        nb = as_array3(neighbours, "neighbours")
-        if nb.shape != d.shape:
-            raise GalnetValueError(f"neighbours must have the shape of the images {d.shape}, "
-                                   f"got {nb.shape}", "neighbours")
-        d = d - np.where(np.isfinite(nb), nb, 0.0)
+        d = subtract_neighbours(d, neighbours)[0]
     d = np.where(w > 0, d, 0.0)
     p = check_psfs(psfs, N)
     xs0 = np.broadcast_to(np.asarray(x0, float), (N,))

@@ -37,7 +37,7 @@ from galnet.profiles.render import (
 
 __all__ = ["FitConfig", "DEFAULT_FIT", "FIT_KEYS", "NPAR", "fit_bounds", "internal_bounds",
            "to_internal", "geometry", "project", "e_of_q", "as_array3", "check_psfs",
-           "noise_weights", "stamp_scale", "stamp_bounds", "Problem"]
+           "subtract_neighbours", "noise_weights", "stamp_scale", "stamp_bounds", "Problem"]
 
 #: The fitted Sérsic parameters, in the conventions of :mod:`galnet.conventions`.
 FIT_KEYS: tuple[str, ...] = ("x", "y", "flux", "re_pix", "n", "q", "pa_deg")
@@ -198,6 +198,18 @@ def as_array3(a, name: str, dtype=np.float64) -> np.ndarray:
     if a.ndim != 3:
         raise GalnetValueError(f"{name} must be (H, W) or (N, H, W), got shape {a.shape}", name)
     return a
+
+
+def subtract_neighbours(images: np.ndarray, neighbours, what: str = "images"
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(``images`` minus the neighbours' model, that model with non-finite values as 0);
+    GalnetValueError when its shape is not that of ``images`` (named ``what``)."""
+    nb = as_array3(neighbours, "neighbours")
+    if nb.shape != images.shape:
+        raise GalnetValueError(f"neighbours must have the shape of the {what} {images.shape}, "
+                               f"got {nb.shape}", "neighbours")
+    nb = np.where(np.isfinite(nb), nb, 0.0)
+    return images - nb, nb
 
 
 def check_psfs(psfs, N: int) -> np.ndarray:

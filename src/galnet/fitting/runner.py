@@ -25,7 +25,7 @@ import numpy as np
 from galnet.errors import GalnetValueError
 from galnet.fitting.init import auto_mask, init_from_catalog, moments_init
 from galnet.fitting.lm import empty_result, fit_arrays
-from galnet.fitting.problem import DEFAULT_FIT, FIT_KEYS, FitConfig
+from galnet.fitting.problem import DEFAULT_FIT, FIT_KEYS, FitConfig, subtract_neighbours
 from galnet.flags import LOW_SNR_LIMIT, Flag
 from galnet.runner import resolve_device, run_batches
 
@@ -165,12 +165,7 @@ def fit(stamps, *, init="nn", sky: str = "none", auto_mask_neighbours: bool = Tr
     use_prior = bool(prior or nn_prior) and is_nn
     images = stamps.images
     if neighbours is not None:
-        neighbours = np.asarray(neighbours, dtype=float)
-        if neighbours.shape != images.shape:
-            raise GalnetValueError(f"neighbours must have the shape of the stamps "
-                                   f"{images.shape}, got {neighbours.shape}", "neighbours")
-        neighbours = np.where(np.isfinite(neighbours), neighbours, 0.0)
-        images = images - neighbours
+        images, neighbours = subtract_neighbours(images, neighbours, "stamps")
     has_pixels = usable_stamps(images, stamps.mask, sigma)
     started = np.all([np.isfinite(np.asarray(start[k], float)) for k in FIT_KEYS], axis=0)
     mask = stamps.mask

@@ -121,18 +121,6 @@ def _model(model, device):
     return model.folded() if hasattr(model, "folded") else model
 
 
-def _weights(model):
-    import os
-
-    from galnet.nn.model import DEFAULT_WEIGHTS
-
-    if model is None:
-        return DEFAULT_WEIGHTS
-    if isinstance(model, str | os.PathLike):
-        return Path(model)
-    return {"name": str(model.config.info.get("name", "galnet")), "sha256": None}
-
-
 class _Frame:
     """The state of one run: sources, groups of cutouts, PSFs, the model canvas.
 
@@ -481,6 +469,7 @@ def run_frame(frame, psf, out=None, *, detect: bool = True, positions=None, weig
     """
     from galnet.io.catalog import catalog_format, provenance, write_catalog
     from galnet.io.files import check_writable
+    from galnet.nn.predict import weights_provenance
     from galnet.runner import resolve_device
 
     if out is not None:
@@ -564,8 +553,9 @@ def run_frame(frame, psf, out=None, *, detect: bool = True, positions=None, weig
         if v.startswith("preset"):
             log.warning("%s not given and not in the frame header: using the %s default", k, v)
     meta = {"model": "galnet frame" + (" refine" if refine else ""),
-            "provenance": provenance(command=command, inputs=inputs, weights=_weights(model),
-                                     options=options, sources=sources),
+            "provenance": provenance(command=command, inputs=inputs,
+                                     weights=weights_provenance(model), options=options,
+                                     sources=sources),
             "frame": {k: v for k, v in fd.meta.items() if not k.endswith("_source")}}
     meta["frame"]["psf_fwhm_pix"] = float(fwhm)
     t = frame_catalog(fd, src.ids, res, flags, extra, meta)

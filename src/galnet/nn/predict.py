@@ -49,7 +49,7 @@ from galnet.profiles.render import DEFAULT_CONFIG, psf_transform, render_grouped
 from galnet.runner import resolve_device, run_batches, run_chunks
 
 __all__ = ["predict_arrays", "predict", "predict_files", "open_inputs", "out_of_prior",
-           "result_flags", "CHI2_RENDER", "LOW_SNR_LIMIT", "RESULT_KEYS"]
+           "result_flags", "weights_provenance", "CHI2_RENDER", "LOW_SNR_LIMIT", "RESULT_KEYS"]
 
 log = logging.getLogger(__name__)
 
@@ -436,7 +436,7 @@ def predict_files(
                           positions=positions, psf_positions=psf_positions,
                           pixel_scale=pixel_scale, zeropoint=zeropoint, preset=preset,
                           chunk=chunk)
-    weights = _weights_provenance(model)
+    weights = weights_provenance(model)
     model = _model(model, dev)  # folded once, not per chunk
     first_meta: dict = {}
     with contextlib.ExitStack() as stack:
@@ -473,7 +473,7 @@ def predict_files(
     return t
 
 
-def _weights_provenance(model):
+def weights_provenance(model):
     """The weights for the provenance: a path (hashed), or name/sha256 of an in-memory model."""
     if model is None:
         return DEFAULT_WEIGHTS
